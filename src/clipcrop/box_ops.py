@@ -1,0 +1,184 @@
+"""Box utilities. Every function says which box format it takes.
+
+Formats used across ClipCrop:
+
+* ``xyxy``: ``(x0, y0, x1, y1)``, corners, x0 <= x1 and y0 <= y1.
+* ``cxcywh``: ``(cx, cy, w, h)``, centre and size (what OWL-ViT's box head and the decoder emit).
+* *normalised* coordinates are fractions of the upright image's width (x) and height (y), in [0, 1];
+  *pixel* coordinates are in pixels of the upright image.
+
+Torch functions take tensors of shape ``(..., 4)``; the numpy ones are used by post-processing
+and training-free candidate generation, where boxes are few and torch dispatch would dominate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) cxcywh -> (..., 4) xyxy."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) xyxy -> (..., 4) cxcywh."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) xyxy -> (...) area (0 for degenerate boxes)."""
+    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+
+
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes -> (iou (N, M), union (N, M))."""
+    area1 = box_area(boxes1)
+    area2 = box_area(boxes2)
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - inter
+    return inter / union.clamp(min=1e-12), union
+
+
+def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Pairwise generalised IoU (Rezatofighi et al. 2019) of (N, 4) and (M, 4) xyxy boxes -> (N, M)."""
+    iou, union = box_iou(boxes1, boxes2)
+    lt = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    hull = wh[..., 0] * wh[..., 1]
+    return iou - (hull - union) / hull.clamp(min=1e-12)
+
+
+def union_box(boxes: torch.Tensor) -> torch.Tensor:
+    """Smallest xyxy box holding all (K, 4) xyxy boxes -> (4,). K must be >= 1."""
+    return torch.cat([boxes[:, :2].min(dim=0).values, boxes[:, 2:].max(dim=0).values])
+
+
+# ----------------------------------------------------------------------------- numpy versions
+
+
+def iou_np(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes (any units) -> (N, M) float64."""
+    b1 = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)
+    b2 = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)
+    a1 = np.clip(b1[:, 2] - b1[:, 0], 0, None) * np.clip(b1[:, 3] - b1[:, 1], 0, None)
+    a2 = np.clip(b2[:, 2] - b2[:, 0], 0, None) * np.clip(b2[:, 3] - b2[:, 1], 0, None)
+    lt = np.maximum(b1[:, None, :2], b2[None, :, :2])
+    rb = np.minimum(b1[:, None, 2:], b2[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = a1[:, None] + a2[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms_np(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression on (N, 4) xyxy boxes.
+
+    Returns the indices kept, best score first. ``iou_threshold >= 1`` keeps every box
+    (sorted), which is how callers switch suppression off.
+    """
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    if iou_threshold >= 1.0 or len(order) == 0:
+        return order
+    ious = iou_np(boxes, boxes)
+    keep: list[int] = []
+    suppressed = np.zeros(len(order), dtype=bool)
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        suppressed |= ious[i] > iou_threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
+def parse_aspect(aspect: str | float | tuple[float, float] | None) -> float | None:
+    """Parse ``"W:H"``, ``"W/H"``, a float or a ``(w, h)`` pair into width / height.
+
+    ``None``, ``"free"`` and ``""`` mean no constraint. Raises :class:`ParameterError`
+    for anything not strictly positive and finite (``"0:1"``, ``"a:b"``, ``-1``).
+    """
+    from .errors import ParameterError
+
+    if aspect is None:
+        return None
+    if isinstance(aspect, str):
+        text = aspect.strip().lower()
+        if text in ("", "free", "none", "any"):
+            return None
+        for sep in (":", "/", "x"):
+            if sep in text:
+                parts = text.split(sep)
+                break
+        else:
+            parts = [text, "1"]
+        if len(parts) != 2:
+            raise ParameterError(f"aspect ratio {aspect!r} is not of the form W:H (for example 16:9)")
+        try:
+            w, h = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise ParameterError(f"aspect ratio {aspect!r} is not of the form W:H (for example 16:9)") from None
+    elif isinstance(aspect, tuple | list):
+        if len(aspect) != 2:
+            raise ParameterError(f"aspect ratio {aspect!r} must be a (width, height) pair")
+        w, h = float(aspect[0]), float(aspect[1])
+    else:
+        w, h = float(aspect), 1.0
+    if not (np.isfinite(w) and np.isfinite(h)) or w <= 0 or h <= 0:
+        raise ParameterError(f"aspect ratio {aspect!r} must have a positive, finite width and height")
+    ratio = w / h
+    if ratio < 1e-3 or ratio > 1e3:
+        raise ParameterError(f"aspect ratio {aspect!r} is too extreme (allowed 1:1000 to 1000:1)")
+    return ratio
+
+
+def fit_aspect(box: np.ndarray, ratio: float, width: float, height: float) -> np.ndarray:
+    """Adjust one xyxy pixel box to width/height == ``ratio`` inside a ``width x height`` image.
+
+    Grows before it shrinks: the short side is extended around the box's centre (shifted to stay
+    inside the image); only if that cannot fit is the long side reduced. Keeps the centre where
+    the image allows, so the crop still shows what the box showed.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    w, h = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
+    if w / h < ratio:
+        w = h * ratio  # grow width
+    else:
+        h = w / ratio  # grow height
+    if w > width:  # too wide for the image: shrink both
+        w = float(width)
+        h = w / ratio
+    if h > height:
+        h = float(height)
+        w = h * ratio
+    nx0 = min(max(cx - w / 2, 0.0), width - w)
+    ny0 = min(max(cy - h / 2, 0.0), height - h)
+    return np.array([nx0, ny0, nx0 + w, ny0 + h], dtype=np.float64)
+
+
+def round_box(box: np.ndarray, width: int, height: int, ratio: float | None = None) -> tuple[int, int, int, int]:
+    """Round an xyxy pixel box to ints inside the image, at least 1 px each way.
+
+    With ``ratio`` the rounded box keeps width/height within one pixel of the ratio: the height
+    is derived from the rounded width instead of being rounded independently.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w = min(max(round(x1 - x0), 1), width)
+    h = min(max(round(y1 - y0), 1), height)
+    if ratio is not None:
+        h_from_w = round(w / ratio)
+        if 1 <= h_from_w <= height:
+            h = h_from_w
+        else:
+            h = min(max(round(h), 1), height)
+            w = min(max(round(h * ratio), 1), width)
+    ix0 = min(max(round(x0), 0), width - w)
+    iy0 = min(max(round(y0), 0), height - h)
+    return int(ix0), int(iy0), int(ix0 + w), int(iy0 + h)

@@ -1,0 +1,101 @@
+"""The exception hierarchy every ClipCrop surface raises and maps.
+
+All errors derive from :class:`ClipCropError`, so a caller can catch one type.
+The CLI maps them to one ``error`` line and exit code 1, the service to a 4xx
+JSON body (``http_status`` and ``code`` live on the class so that the mapping is
+declared here, next to the error, rather than re-invented by each surface).
+"""
+
+from __future__ import annotations
+
+
+class ClipCropError(Exception):
+    """Base class of every error ClipCrop raises on purpose."""
+
+    code: str = "clipcrop_error"
+    http_status: int = 400
+
+
+class InputError(ClipCropError):
+    """The caller passed something ClipCrop cannot work with."""
+
+    code = "invalid_input"
+    http_status = 400
+
+
+class ImageError(InputError):
+    """An image could not be used."""
+
+    code = "invalid_image"
+    http_status = 415
+
+
+class UnreadableImageError(ImageError):
+    """The file is missing, empty, truncated, corrupt or not an image at all."""
+
+    code = "unreadable_image"
+    http_status = 415
+
+
+class UnsupportedFormatError(ImageError):
+    """A real file of a format ClipCrop refuses on purpose (SVG, PDF, EPS, ...)."""
+
+    code = "unsupported_format"
+    http_status = 415
+
+
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than the configured limit (checked before decoding)."""
+
+    code = "image_too_large"
+    http_status = 422
+
+
+class FileTooLargeError(ImageError):
+    """The file (or upload) is bigger than the configured byte limit."""
+
+    code = "file_too_large"
+    http_status = 413
+
+
+class QueryError(InputError):
+    """The text query is empty, too long, or both a text and an image query were given."""
+
+    code = "invalid_query"
+    http_status = 400
+
+
+class ParameterError(InputError):
+    """A parameter such as ``top_k`` or ``aspect_ratio`` is out of range or malformed."""
+
+    code = "invalid_parameter"
+    http_status = 400
+
+
+class ModelLoadError(ClipCropError):
+    """A model name or folder could not be loaded (says why and what to do)."""
+
+    code = "model_load_failed"
+    http_status = 500
+
+
+class DatasetError(ClipCropError):
+    """A training or evaluation dataset is missing files or malformed."""
+
+    code = "invalid_dataset"
+    http_status = 400
+
+
+__all__ = [
+    "ClipCropError",
+    "InputError",
+    "ImageError",
+    "UnreadableImageError",
+    "UnsupportedFormatError",
+    "ImageTooLargeError",
+    "FileTooLargeError",
+    "QueryError",
+    "ParameterError",
+    "ModelLoadError",
+    "DatasetError",
+]
