@@ -123,7 +123,9 @@ def parse_aspect(aspect: str | float | tuple[float, float] | None) -> float | No
         try:
             w, h = float(parts[0]), float(parts[1])
         except ValueError:
-            raise ParameterError(f"aspect ratio {aspect!r} is not of the form W:H (for example 16:9)") from None
+            raise ParameterError(
+                f"aspect ratio {aspect!r} is not of the form W:H (for example 16:9)"
+            ) from None
     elif isinstance(aspect, tuple | list):
         if len(aspect) != 2:
             raise ParameterError(f"aspect ratio {aspect!r} must be a (width, height) pair")
@@ -163,7 +165,9 @@ def fit_aspect(box: np.ndarray, ratio: float, width: float, height: float) -> np
     return np.array([nx0, ny0, nx0 + w, ny0 + h], dtype=np.float64)
 
 
-def round_box(box: np.ndarray, width: int, height: int, ratio: float | None = None) -> tuple[int, int, int, int]:
+def round_box(
+    box: np.ndarray, width: int, height: int, ratio: float | None = None
+) -> tuple[int, int, int, int]:
     """Round an xyxy pixel box to ints inside the image, at least 1 px each way.
 
     With ``ratio`` the rounded box keeps width/height within one pixel of the ratio: the height

@@ -39,7 +39,21 @@ logger = logging.getLogger(__name__)
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+    }
 )
 
 _REFUSED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -152,13 +166,17 @@ def load_image(
     return decode_bytes(data, limits, name=str(display), reduce=reduce)
 
 
-def decode_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS, *, name: str = "<bytes>", reduce: bool = True) -> LoadedImage:
+def decode_bytes(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, *, name: str = "<bytes>", reduce: bool = True
+) -> LoadedImage:
     """Decode encoded image bytes with every check of :func:`load_image`."""
     if not data:
         raise UnreadableImageError(f"{name}: file is empty")
     refused = sniff_refused_format(data[:1024])
     if refused:
-        raise UnsupportedFormatError(f"{name}: {refused} files are not accepted; use JPEG, PNG, WebP, GIF, BMP or TIFF")
+        raise UnsupportedFormatError(
+            f"{name}: {refused} files are not accepted; use JPEG, PNG, WebP, GIF, BMP or TIFF"
+        )
     with warnings.catch_warnings():
         # Pillow warns (and errors above 2x) for decompression bombs; our own limit below is stricter
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -167,9 +185,13 @@ def decode_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS, *, name: str = "<
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"{name}: {exc}") from None
         except UnidentifiedImageError:
-            raise UnreadableImageError(f"{name}: not a recognised image (or a format that is not allowed)") from None
+            raise UnreadableImageError(
+                f"{name}: not a recognised image (or a format that is not allowed)"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types on corrupt headers
-            raise UnreadableImageError(f"{name}: corrupt image header ({type(exc).__name__}: {exc})") from None
+            raise UnreadableImageError(
+                f"{name}: corrupt image header ({type(exc).__name__}: {exc})"
+            ) from None
         fmt = img.format
         w, h = img.size
         if w <= 0 or h <= 0:
@@ -187,7 +209,9 @@ def decode_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS, *, name: str = "<
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"{name}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raise OSError, SyntaxError, ValueError...
-            raise UnreadableImageError(f"{name}: truncated or corrupt image data ({type(exc).__name__}: {exc})") from None
+            raise UnreadableImageError(
+                f"{name}: truncated or corrupt image data ({type(exc).__name__}: {exc})"
+            ) from None
     if orientation in _TRANSPOSED_ORIENTATIONS:
         w, h = h, w
     return _finish(img, w, h, fmt, name, orientation, limits if reduce else None)
@@ -216,7 +240,13 @@ _TRANSPOSE = {
 
 
 def _finish(
-    img: Image.Image, width: int, height: int, fmt: str | None, name: str, orientation: int, limits: Limits | None
+    img: Image.Image,
+    width: int,
+    height: int,
+    fmt: str | None,
+    name: str,
+    orientation: int,
+    limits: Limits | None,
 ) -> LoadedImage:
     rgb = to_rgb(img)
     for op in _TRANSPOSE.get(orientation, []):
@@ -254,7 +284,9 @@ def _from_pil(img: Image.Image, limits: Limits, name: str, fmt: str | None) -> L
     if w <= 0 or h <= 0:
         raise UnreadableImageError(f"{name}: image has no pixels ({w}x{h})")
     if w * h > limits.max_pixels:
-        raise ImageTooLargeError(f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP, above the limit of {limits.max_pixels / 1e6:.1f} MP")
+        raise ImageTooLargeError(
+            f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP, above the limit of {limits.max_pixels / 1e6:.1f} MP"
+        )
     orientation = _orientation(img)
     if orientation in _TRANSPOSED_ORIENTATIONS:
         w, h = h, w
