@@ -1,0 +1,88 @@
+"""The ``clipcrop`` command.
+
+Each subcommand lives in its own ``cli_<name>`` module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; those modules import torch and the model only inside ``run``, so
+``clipcrop --help`` and argument errors answer without loading torch or transformers.
+
+Exit codes: 0 success, 1 some input failed (or a ClipCrop error), 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import ClipCropError
+
+COMMANDS = {
+    "crop": ("cli_crop", "crop images for a text query, an image query, or none"),
+    "serve": ("cli_serve", "run the HTTP service and web page"),
+    "batch": ("cli_batch", "crop a folder or manifest at scale on Ray Data (resumable)"),
+    "train": ("cli_train", "train the ClipCrop decoder on GAIC with text annotations"),
+    "evaluate": ("cli_evaluate", "measure a model on GAIC or TextCrop-format data"),
+    "finetune-backbone": ("cli_finetune", "fine-tune OWL-ViT for open-vocabulary detection"),
+    "demo-shapes": ("cli_demo", "render synthetic scenes cropped for two queries each"),
+    "make-random-backbone": ("cli_random", "write a randomly initialised OWL-ViT (tests, speed work)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipcrop",
+        description="Conditioned smart cropping: ranked, aesthetic crops that show what you ask for.",
+    )
+    parser.add_argument("--version", action="version", version=f"clipcrop {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(f".{module_name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(module_name):
+                continue  # subcommand not part of this build
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help(sys.stderr)
+        return 2
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _quiet_libraries(args.verbose)
+    try:
+        return int(args._run(args) or 0)
+    except ClipCropError as exc:
+        print(f"clipcrop: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("clipcrop: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _quiet_libraries(verbose: int) -> None:
+    """transformers and huggingface_hub chatter (progress bars, warnings) off unless -vv."""
+    import os
+
+    if verbose < 2:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        for name in ("transformers", "huggingface_hub", "accelerate"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

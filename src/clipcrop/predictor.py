@@ -1,0 +1,519 @@
+"""The predictor every surface shares: Python API, CLI, HTTP service and batch jobs.
+
+``ClipCrop`` owns the backbone, the optional trained decoder and the limits; nothing outside
+this module pre- or post-processes. Set an image once (:meth:`ClipCrop.encode`), crop it for
+many conditions (:meth:`EncodedImage.crop`): the vision tower runs once per image and text
+embeddings are cached, so a new query costs a text-encoder pass and the decoder, a repeated
+query only the decoder.
+
+Boxes returned to users are ``(x0, y0, x1, y1)`` ints in pixels of the *upright original*
+image (EXIF orientation applied), x1/y1 exclusive, so ``image.crop(box)`` gives the crop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbone import DEFAULT_BACKBONE, Backbone, ImageFeatures, describe_load_failure, is_backbone_dir
+from .box_ops import box_cxcywh_to_xyxy, fit_aspect, nms_np, parse_aspect, round_box
+from .composition import rank_candidates, salient_objects
+from .errors import ModelLoadError, ParameterError
+from .imageio import ImageSource, LoadedImage, load_image
+from .keywords import extract_keywords
+from .limits import Limits
+from .model import ClipCropModel
+from .selection import Selection, select_tokens, unconditioned
+from .validation import validate_query, validate_query_pair, validate_top_k
+
+logger = logging.getLogger(__name__)
+
+MODE_TRAINED = "trained"
+MODE_TRAINING_FREE = "training-free"
+#: prompts whose detections stand for "other objects" in training-free composition scoring
+OBJECT_PROMPTS = ("a photo of an object", "a person", "an animal", "a face")
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One ranked crop: ``box`` is (x0, y0, x1, y1) int pixels of the upright image; ``score`` in [0, 1]."""
+
+    box: tuple[int, int, int, int]
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"box": list(self.box), "score": round(float(self.score), 6)}
+
+
+@dataclass
+class CropResult(Sequence[Crop]):
+    """Ranked crops for one image and condition (best first); indexable like a list.
+
+    Attributes:
+        crops: the crops, best first.
+        width, height: size of the upright original image in pixels.
+        query: the text query (normalised) or None.
+        image_query: name of the query image, or None.
+        mode: ``"trained"`` (decoder) or ``"training-free"`` (composition ranking).
+        image: display name of the image.
+        union_box: ``b_u`` in pixels (xyxy ints); the whole image when unconditioned.
+        keywords: keywords that selected tokens (after filtering).
+        timings: seconds per stage (decode, preprocess, backbone, keywords, select, decoder, postprocess).
+    """
+
+    crops: list[Crop]
+    width: int
+    height: int
+    query: str | None
+    image_query: str | None
+    mode: str
+    image: str
+    union_box: tuple[int, int, int, int]
+    keywords: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.crops[index]
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __iter__(self) -> Iterator[Crop]:
+        return iter(self.crops)
+
+    def to_dict(self, *, extended: bool = False) -> dict:
+        """The CLI's JSON object; ``extended`` adds ``mode``, ``union_box``, ``keywords`` and ``timings``."""
+        out = {
+            "image": self.image,
+            "width": self.width,
+            "height": self.height,
+            "query": self.query,
+            "crops": [c.to_dict() for c in self.crops],
+            "error": None,
+        }
+        if self.image_query is not None:
+            out["image_query"] = self.image_query
+        if extended:
+            out.update(
+                mode=self.mode,
+                union_box=list(self.union_box),
+                keywords=list(self.keywords),
+                timings={k: round(v, 6) for k, v in self.timings.items()},
+            )
+        return out
+
+
+@dataclass
+class Condition:
+    """A prepared condition: embeddings (W, Dq) with their labels; W = 0 means unconditioned."""
+
+    kind: str  # "text" | "image" | "none"
+    embeds: torch.Tensor
+    labels: list[str]
+    query: str | None = None
+    image_query: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class EncodedImage:
+    """An image after the backbone ran on it; crop it for any number of conditions."""
+
+    def __init__(
+        self, predictor: ClipCrop, loaded: LoadedImage, features: ImageFeatures, timings: dict[str, float]
+    ) -> None:
+        self.predictor = predictor
+        self.loaded = loaded
+        self.features = features
+        self.timings = dict(timings)
+
+    @property
+    def width(self) -> int:
+        return self.loaded.width
+
+    @property
+    def height(self) -> int:
+        return self.loaded.height
+
+    def crop(
+        self,
+        query: str | None = None,
+        *,
+        image_query: ImageSource | None = None,
+        top_k: int = 5,
+        aspect_ratio: str | float | tuple[float, float] | None = None,
+    ) -> CropResult:
+        """Crops for a text query, an image query, or neither (see :meth:`ClipCrop.crop`)."""
+        condition = self.predictor.prepare_condition(query, image_query)
+        return self.predictor.crop_encoded(self, condition, top_k=top_k, aspect_ratio=aspect_ratio)
+
+
+class ClipCrop:
+    """Conditioned smart cropping. Build with :meth:`from_pretrained`.
+
+    Args:
+        backbone: the OWL-ViT/OWLv2 :class:`~clipcrop.backbone.Backbone`.
+        model: a trained :class:`~clipcrop.model.ClipCropModel`, or None for training-free mode.
+        limits: input limits shared by every surface.
+        nms_iou: crops overlapping a better one above this IoU are dropped, so the top-k are
+            distinct alternatives (1.0 switches suppression off).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        model: ClipCropModel | None = None,
+        *,
+        limits: Limits | None = None,
+        nms_iou: float = 0.7,
+        name: str | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.model = model.eval() if model is not None else None
+        self.limits = limits or Limits()
+        self.nms_iou = nms_iou
+        self.name = name or backbone.name
+        if self.model is not None:
+            self.model.to(backbone.device)
+        self.selection_settings = (
+            dict(self.model.selection)
+            if self.model is not None
+            else {"min_score": 0.05, "max_keywords": 8, "use_full_text": True, "use_keywords": True}
+        )
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_dir: str | os.PathLike | None = None,
+        *,
+        device: str = "cpu",
+        limits: Limits | None = None,
+        precision: str = "fp32",
+        quantize: str | None = None,
+        local_files_only: bool | None = None,
+        nms_iou: float = 0.7,
+    ) -> ClipCrop:
+        """Load plain OWL-ViT/OWLv2 weights (training-free mode) or a trained ClipCrop checkpoint.
+
+        Args:
+            name_or_dir: Hub id or local folder; default ``$CLIPCROP_MODEL`` or ``google/owlvit-base-patch32``.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+            precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPU).
+            quantize: ``"int8"`` for CPU dynamic quantisation of the backbone's linear layers.
+
+        Raises:
+            ModelLoadError: cannot be loaded (message says why: missing folder, offline, not found...).
+        """
+        name = str(name_or_dir or os.environ.get("CLIPCROP_MODEL") or DEFAULT_BACKBONE)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if dtype is None:
+            raise ParameterError(f"precision {precision!r} is not one of fp32, bf16, fp16")
+        if quantize not in (None, "int8"):
+            raise ParameterError(f"quantize {quantize!r} is not supported (use int8)")
+        config = _read_config(name, local_files_only)
+        model = None
+        backbone_name = name
+        if "clipcrop_format" in config:
+            try:
+                model = ClipCropModel.from_pretrained(name, local_files_only=bool(local_files_only))
+            except Exception as exc:  # noqa: BLE001
+                raise ModelLoadError(describe_load_failure(name, exc)) from exc
+            local = Path(name) / "backbone"
+            backbone_name = str(local) if local.is_dir() else model.backbone_name
+        elif config.get("model_type") not in ("owlvit", "owlv2"):
+            raise ModelLoadError(
+                f"{name!r} is neither an OWL-ViT/OWLv2 checkpoint nor a ClipCrop checkpoint "
+                f"(config.json has model_type={config.get('model_type')!r})"
+            )
+        backbone = Backbone.from_pretrained(backbone_name, device=device, local_files_only=local_files_only)
+        if dtype != torch.float32:
+            backbone.model.to(dtype)
+        if quantize == "int8":
+            backbone.model = torch.ao.quantization.quantize_dynamic(
+                backbone.model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        predictor = cls(backbone, model, limits=limits, nms_iou=nms_iou, name=name)
+        logger.info(
+            "loaded %s (%s mode, backbone %s, device %s)", name, predictor.mode, backbone_name, device
+        )
+        return predictor
+
+    @property
+    def mode(self) -> str:
+        return MODE_TRAINED if self.model is not None else MODE_TRAINING_FREE
+
+    @property
+    def max_top_k(self) -> int:
+        num = self.model.decoder_config.num_queries if self.model is not None else 90
+        return min(num, self.limits.max_top_k or num)
+
+    # ------------------------------------------------------------------ public API
+    def crop(
+        self,
+        image: ImageSource,
+        query: str | None = None,
+        *,
+        image_query: ImageSource | None = None,
+        top_k: int = 5,
+        aspect_ratio: str | float | tuple[float, float] | None = None,
+    ) -> CropResult:
+        """Ranked crops of ``image``.
+
+        Args:
+            image: path, bytes, file object, PIL image or array.
+            query: what the crop should show, in words; or None.
+            image_query: a reference image of what the crop should show (one-shot); or None.
+            top_k: number of crops to return (1..M).
+            aspect_ratio: ``"W:H"``, a float or ``(w, h)``: every crop gets exactly that ratio (±1 px).
+
+        Raises:
+            ImageError subclasses, QueryError, ParameterError (see :mod:`clipcrop.errors`).
+        """
+        condition = self.prepare_condition(query, image_query)  # validate before the expensive part
+        top_k, ratio = self._check_params(top_k, aspect_ratio)
+        return self.crop_encoded(self.encode(image), condition, top_k=top_k, aspect_ratio=ratio)
+
+    def encode(self, image: ImageSource | LoadedImage, *, name: str | None = None) -> EncodedImage:
+        """Decode and run the backbone once; crop the result for many queries."""
+        return self.encode_batch([image], names=[name] if name else None)[0]
+
+    def encode_batch(
+        self, images: Sequence[ImageSource | LoadedImage], names: Sequence[str] | None = None
+    ) -> list[EncodedImage]:
+        """Encode several images in one backbone call (they must all be readable)."""
+        t0 = time.perf_counter()
+        loaded = [
+            img
+            if isinstance(img, LoadedImage)
+            else load_image(img, self.limits, name=names[i] if names else None)
+            for i, img in enumerate(images)
+        ]
+        t1 = time.perf_counter()
+        pixel_values = self.backbone.preprocess([li.image for li in loaded])
+        t2 = time.perf_counter()
+        features = self.backbone.encode(pixel_values, [(li.image.width, li.image.height) for li in loaded])
+        t3 = time.perf_counter()
+        n = len(loaded)
+        timings = {"decode": (t1 - t0) / n, "preprocess": (t2 - t1) / n, "backbone": (t3 - t2) / n}
+        return [EncodedImage(self, li, features[i], timings) for i, li in enumerate(loaded)]
+
+    def prepare_condition(
+        self, query: str | None = None, image_query: ImageSource | None = None
+    ) -> Condition:
+        """Validate and embed a condition (text embeddings are cached inside the backbone)."""
+        validate_query_pair(query, image_query)
+        if image_query is not None:
+            t0 = time.perf_counter()
+            enc = self.encode(image_query)
+            emb = self.backbone.embed_image_query(enc.features)[None]
+            return Condition(
+                "image",
+                emb,
+                ["image query"],
+                image_query=enc.loaded.name,
+                timings={"query_image": time.perf_counter() - t0},
+            )
+        text = validate_query(query, self.limits)
+        if text is None:
+            return Condition("none", torch.zeros(0, 1), [])
+        t0 = time.perf_counter()
+        settings = self.selection_settings
+        keywords = (
+            list(extract_keywords(text, int(settings.get("max_keywords", 8))))
+            if settings.get("use_keywords", True)
+            else []
+        )
+        texts = ([text] if settings.get("use_full_text", True) or not keywords else []) + keywords
+        labels = ["full text" if t == text else t for t in texts]
+        t1 = time.perf_counter()
+        embeds = self.backbone.embed_texts(texts)
+        t2 = time.perf_counter()
+        return Condition(
+            "text", embeds, labels, query=text, timings={"keywords": t1 - t0, "text_encoder": t2 - t1}
+        )
+
+    def crop_encoded(
+        self,
+        encoded: EncodedImage,
+        condition: Condition,
+        *,
+        top_k: int = 5,
+        aspect_ratio: str | float | tuple[float, float] | None = None,
+    ) -> CropResult:
+        """Crops of an already encoded image for a prepared condition."""
+        top_k, ratio = self._check_params(top_k, aspect_ratio)
+        timings = {**encoded.timings, **condition.timings}
+        feats = encoded.features
+        t0 = time.perf_counter()
+        if condition.kind == "none":
+            selection = unconditioned(feats)
+        else:
+            selection = select_tokens(
+                feats,
+                condition.embeds,
+                condition.labels,
+                min_score=float(self.selection_settings.get("min_score", 0.05)),
+            )
+        t1 = time.perf_counter()
+        width, height = encoded.width, encoded.height
+        if self.model is not None:
+            boxes, scores = self._decode(feats, selection)
+        else:
+            boxes, scores = self._compose(feats, selection, width, height, ratio)
+        t2 = time.perf_counter()
+        crops = self.postprocess(boxes, scores, width, height, top_k=top_k, ratio=ratio)
+        t3 = time.perf_counter()
+        timings.update(select=t1 - t0, decoder=t2 - t1, postprocess=t3 - t2)
+        union_px = round_box(
+            selection.union.detach().float().cpu().numpy() * [width, height, width, height], width, height
+        )
+        return CropResult(
+            crops=crops,
+            width=width,
+            height=height,
+            query=condition.query,
+            image_query=condition.image_query,
+            mode=self.mode,
+            image=encoded.loaded.name,
+            union_box=union_px,
+            keywords=[lab for lab in selection.labels if lab not in ("full text", "image query")],
+            timings=timings,
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _check_params(self, top_k: int, aspect_ratio) -> tuple[int, float | None]:
+        top_k = validate_top_k(top_k, self.max_top_k)
+        ratio = aspect_ratio if isinstance(aspect_ratio, float) else parse_aspect(aspect_ratio)
+        return top_k, ratio
+
+    @torch.no_grad()
+    def _decode(self, feats: ImageFeatures, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
+        """Trained mode: the decoder's M crops (normalised xyxy) and sigmoid scores."""
+        model = self.model
+        assert model is not None
+        d = feats.tokens.shape[-1]
+        cond = selection.mean_token if selection.mean_token is not None else feats.tokens.new_zeros(d)
+        out = model(
+            feats.tokens,
+            feats.boxes,
+            cond[None],
+            torch.tensor([selection.conditioned], device=feats.tokens.device),
+            selection.union[None],
+        )
+        boxes = box_cxcywh_to_xyxy(out["pred_boxes"][0].float()).clamp(0.0, 1.0).cpu().numpy()
+        scores = torch.sigmoid(out["pred_logits"][0].float()).cpu().numpy()
+        return boxes.astype(np.float64), scores.astype(np.float64)
+
+    def _compose(
+        self, feats: ImageFeatures, selection: Selection, width: int, height: int, ratio: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Training-free mode: candidates around ``b_u`` scored by :mod:`clipcrop.composition`."""
+        probs = torch.sigmoid(
+            feats.logits(self.backbone.embed_texts(list(OBJECT_PROMPTS)))[0].max(dim=-1).values
+        )
+        token_boxes = feats.boxes[0].float().cpu().numpy().astype(np.float64)
+        objects = salient_objects(token_boxes, probs.float().cpu().numpy())
+        if selection.conditioned:
+            subject = selection.union.float().cpu().numpy().astype(np.float64)
+        elif len(objects):
+            # no condition: the most confident objects stand in for the subject
+            top = objects[:3]
+            subject = np.concatenate([top[:, :2].min(0), top[:, 2:].max(0)])
+        else:
+            subject = np.array([0.2, 0.2, 0.8, 0.8])
+        if len(objects):  # objects that are part of the subject are not "others"
+            inside = _fraction_inside(objects, subject) > 0.9
+            objects = objects[~inside]
+        cands = rank_candidates(subject, objects, width, height, ratio)
+        return cands.boxes, cands.scores
+
+    def postprocess(
+        self,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        width: int,
+        height: int,
+        *,
+        top_k: int,
+        ratio: float | None,
+    ) -> list[Crop]:
+        """Normalised xyxy boxes + scores -> ranked, distinct pixel crops.
+
+        Order matters: to pixels, fit the aspect ratio (so ranking sees the final crops),
+        suppress near-duplicates, keep ``top_k``, round to ints (keeping the ratio within 1 px).
+        """
+        px = np.asarray(boxes, dtype=np.float64) * np.array([width, height, width, height], dtype=np.float64)
+        px[:, [0, 2]] = px[:, [0, 2]].clip(0, width)
+        px[:, [1, 3]] = px[:, [1, 3]].clip(0, height)
+        if ratio is not None:
+            px = np.stack([fit_aspect(b, ratio, width, height) for b in px]) if len(px) else px
+        # tiny boxes (< 1 px) become 1 px boxes in round_box; drop them from ranking first
+        valid = ((px[:, 2] - px[:, 0]) >= 1.0) & ((px[:, 3] - px[:, 1]) >= 1.0)
+        if not valid.any():
+            px = np.array([[0.0, 0.0, float(width), float(height)]])
+            scores = np.array([float(np.max(scores)) if len(scores) else 0.0])
+            valid = np.array([True])
+        px, scores = px[valid], np.asarray(scores, dtype=np.float64)[valid]
+        # distinct alternatives first; if suppression leaves fewer than top_k, fill up with the
+        # best suppressed crops (still distinct once rounded), then rank everything by score
+        kept = nms_np(px, scores, self.nms_iou)
+        order = list(kept) + [
+            int(i) for i in np.argsort(-scores, kind="stable") if i not in set(kept.tolist())
+        ]
+        crops: list[Crop] = []
+        seen: set[tuple[int, int, int, int]] = set()
+        for i in order:
+            if len(crops) >= top_k:
+                break
+            box = round_box(px[i], width, height, ratio)
+            if box in seen:
+                continue
+            seen.add(box)
+            crops.append(Crop(box=box, score=float(np.clip(scores[i], 0.0, 1.0))))
+        crops.sort(key=lambda c: -c.score)
+        return crops
+
+
+def _fraction_inside(boxes: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    lt = np.maximum(boxes[:, :2], outer[None, :2])
+    rb = np.minimum(boxes[:, 2:], outer[None, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=1)
+    area = np.maximum((boxes[:, 2:] - boxes[:, :2]).prod(axis=1), 1e-9)
+    return inter / area
+
+
+def _read_config(name: str, local_files_only: bool | None) -> dict:
+    """``config.json`` of a local folder or Hub repo (decides training-free vs trained mode)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            if is_backbone_dir(path):  # pragma: no cover - is_backbone_dir needs config.json
+                return {}
+            raise ModelLoadError(
+                f"{name}: folder has no config.json; it is not a saved OWL-ViT or ClipCrop model"
+            )
+        try:
+            return json.loads(cfg.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{name}: config.json is not valid JSON ({exc})") from exc
+    if path.exists():
+        raise ModelLoadError(f"{name}: is a file; pass the folder that holds config.json and the weights")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        kwargs = {} if local_files_only is None else {"local_files_only": local_files_only}
+        cfg_file = hf_hub_download(name, "config.json", **kwargs)
+        return json.loads(Path(cfg_file).read_text())
+    except Exception as exc:  # noqa: BLE001 - hub errors, validation errors, JSON errors
+        raise ModelLoadError(describe_load_failure(name, exc)) from exc

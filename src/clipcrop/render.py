@@ -1,0 +1,86 @@
+"""Pictures of results: crops cut out of the full-resolution image, and overlays with ranked boxes.
+
+Shared by the CLI (``--out``, ``--overlay``) and the service (``/v1/crop/image``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+COLORS = ["#ff3b30", "#ffcc00", "#34c759", "#0a84ff", "#af52de", "#ff9500", "#5ac8fa", "#ff2d55"]
+FORMATS = {
+    "jpeg": ("JPEG", "image/jpeg"),
+    "jpg": ("JPEG", "image/jpeg"),
+    "png": ("PNG", "image/png"),
+    "webp": ("WEBP", "image/webp"),
+}
+
+
+def cut(image: Image.Image, box: Sequence[int], original_size: tuple[int, int]) -> Image.Image:
+    """Cut ``box`` (xyxy pixels of the original image) out of ``image``, which may be a reduced decode."""
+    sx = image.width / original_size[0]
+    sy = image.height / original_size[1]
+    x0, y0, x1, y1 = box
+    return image.crop(
+        (
+            round(x0 * sx),
+            round(y0 * sy),
+            max(round(x1 * sx), round(x0 * sx) + 1),
+            max(round(y1 * sy), round(y0 * sy) + 1),
+        )
+    )
+
+
+def draw_overlay(
+    image: Image.Image,
+    boxes: Sequence[Sequence[int]],
+    original_size: tuple[int, int],
+    scores: Sequence[float] | None = None,
+) -> Image.Image:
+    """The image with ranked boxes drawn and numbered (1 = best)."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    sx = out.width / original_size[0]
+    sy = out.height / original_size[1]
+    width = max(2, round(min(out.size) / 200))
+    font = ImageFont.load_default(size=max(12, round(min(out.size) / 25)))
+    for rank, box in reversed(list(enumerate(boxes, start=1))):
+        color = COLORS[(rank - 1) % len(COLORS)]
+        x0, y0, x1, y1 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
+        label = str(rank) if scores is None else f"{rank}: {scores[rank - 1]:.2f}"
+        tb = draw.textbbox((x0 + width, y0 + width), label, font=font)
+        draw.rectangle(tb, fill=color)
+        draw.text((x0 + width, y0 + width), label, fill="black", font=font)
+    return out
+
+
+def encode_image(image: Image.Image, fmt: str = "jpeg", quality: int = 92) -> tuple[bytes, str]:
+    """Encode to bytes; returns (data, media type). ``fmt`` is jpeg, png or webp."""
+    pil_fmt, media = FORMATS[fmt.lower()]
+    buf = io.BytesIO()
+    kwargs = {"quality": quality} if pil_fmt in ("JPEG", "WEBP") else {}
+    image.convert("RGB").save(buf, format=pil_fmt, **kwargs)
+    return buf.getvalue(), media
+
+
+def save_atomic(image: Image.Image, path: str | os.PathLike, fmt: str = "jpeg") -> Path:
+    """Write an image so that a reader never sees a half-written file (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data, _ = encode_image(image, fmt)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
