@@ -18,7 +18,15 @@ from torch import nn
 from .decoder import CropDecoder, DecoderConfig
 
 CHECKPOINT_FORMAT = "clipcrop/1"
-DEFAULT_SELECTION = {"min_score": 0.05, "max_keywords": 8, "use_full_text": True, "use_keywords": True}
+DEFAULT_SELECTION = {"min_score": 0.05, "max_keywords": 8, "use_full_text": True, "use_keywords": True,
+                     "use_text": True}
+#: the paper's ablation variants (section 4.6) as selection settings
+VARIANTS = {
+    "full": {"use_text": True, "use_full_text": True, "use_keywords": True},
+    "key": {"use_text": True, "use_full_text": False, "use_keywords": True},
+    "main": {"use_text": True, "use_full_text": True, "use_keywords": False},
+    "base": {"use_text": False, "use_full_text": False, "use_keywords": False},
+}
 
 
 class ClipCropModel(
@@ -34,7 +42,8 @@ class ClipCropModel(
         backbone: Hub id or folder of the OWL-ViT/OWLv2 weights the decoder was trained on.
         decoder: :class:`DecoderConfig` as a dict.
         selection: token-selection settings (``min_score``, ``max_keywords``, ``use_full_text``,
-            ``use_keywords``: the paper's ``full``/``key``/``main``/``base`` variants).
+            ``use_keywords``, ``use_text``: the paper's ``full``/``key``/``main``/``base`` variants,
+            see :data:`VARIANTS`).
         clipcrop_format: checkpoint format marker; how :func:`clipcrop.predictor.ClipCrop.from_pretrained`
             tells a ClipCrop checkpoint from a plain OWL-ViT folder.
     """

@@ -324,7 +324,8 @@ class ClipCrop:
                 timings={"query_image": time.perf_counter() - t0},
             )
         text = validate_query(query, self.limits)
-        if text is None:
+        if text is None or not self.selection_settings.get("use_text", True):
+            # the "base" variant is trained without text: it crops un-conditioned whatever is asked
             return Condition("none", torch.zeros(0, 1), [])
         t0 = time.perf_counter()
         settings = self.selection_settings
