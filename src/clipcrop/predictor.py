@@ -326,7 +326,7 @@ class ClipCrop:
         text = validate_query(query, self.limits)
         if text is None or not self.selection_settings.get("use_text", True):
             # the "base" variant is trained without text: it crops un-conditioned whatever is asked
-            return Condition("none", torch.zeros(0, 1), [])
+            return Condition("none", torch.zeros(0, 1), [], query=text)
         t0 = time.perf_counter()
         settings = self.selection_settings
         keywords = (
