@@ -47,6 +47,10 @@ def tiny_clipcrop_dir(tiny_backbone_dir, tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     model = ClipCropModel(backbone=str(tiny_backbone_dir), decoder=TINY_DECODER)
+    # a fresh decoder predicts b_u for every query; spread its offsets like a trained one would
+    with torch.no_grad():
+        torch.nn.init.normal_(model.decoder.offset_head.layers[-1].weight, std=0.05)
+        torch.nn.init.normal_(model.decoder.offset_head.layers[-1].bias, std=0.15)
     out = tmp_path_factory.mktemp("clipcrop-tiny")
     model.save_pretrained(out)
     return out

@@ -54,7 +54,9 @@ def test_nms_keeps_distinct_best_first():
     assert nms_np(boxes, scores, 1.0).tolist() == [1, 2, 0]
 
 
-@pytest.mark.parametrize("text,ratio", [("16:9", 16 / 9), ("1:1", 1.0), ("4/5", 0.8), ("1.5", 1.5), ((3, 2), 1.5)])
+@pytest.mark.parametrize(
+    "text,ratio", [("16:9", 16 / 9), ("1:1", 1.0), ("4/5", 0.8), ("1.5", 1.5), ((3, 2), 1.5)]
+)
 def test_parse_aspect(text, ratio):
     assert parse_aspect(text) == pytest.approx(ratio)
 
@@ -78,7 +80,9 @@ def test_fit_aspect_grows_before_shrinking():
     assert out.tolist() == pytest.approx([0, 0, 100, 100])
     # too tall for the image: shrinks
     out = fit_aspect(np.array([0, 0, 100, 100]), 4.0, 200, 100)
-    assert out.tolist() == pytest.approx([0, 25, 100, 50]) or (out[2] - out[0]) / (out[3] - out[1]) == pytest.approx(4)
+    assert out.tolist() == pytest.approx([0, 25, 100, 50]) or (out[2] - out[0]) / (
+        out[3] - out[1]
+    ) == pytest.approx(4)
 
 
 @settings(max_examples=300, deadline=None)

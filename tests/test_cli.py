@@ -18,8 +18,14 @@ PHOTOS = [sample_photo("astronaut.png"), sample_photo("coffee.png"), sample_phot
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "clipcrop.cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "clipcrop.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +41,22 @@ def photo_dir(tmp_path_factory) -> Path:
 
 def test_json_out_and_overlay(tiny_clipcrop_dir, photo_dir, tmp_path):
     out = tmp_path / "out"
-    r = run_cli("crop", str(photo_dir / "astronaut.png"), str(photo_dir / "hopper.jpg"), "--query", "a woman",
-                "--top-k", "3", "--json", "--out", str(out), "--overlay", "--model", str(tiny_clipcrop_dir),
-                "--quiet")
+    r = run_cli(
+        "crop",
+        str(photo_dir / "astronaut.png"),
+        str(photo_dir / "hopper.jpg"),
+        "--query",
+        "a woman",
+        "--top-k",
+        "3",
+        "--json",
+        "--out",
+        str(out),
+        "--overlay",
+        "--model",
+        str(tiny_clipcrop_dir),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert [Path(d["image"]).name for d in lines] == ["astronaut.png", "hopper.jpg"]
@@ -55,8 +74,19 @@ def test_json_out_and_overlay(tiny_clipcrop_dir, photo_dir, tmp_path):
 
 
 def test_folder_recursion_and_failures(tiny_backbone_dir, photo_dir):
-    r = run_cli("crop", str(photo_dir), str(photo_dir / "notes.txt"), str(photo_dir / "missing.jpg"), "--json",
-                "--model", str(tiny_backbone_dir), "--aspect", "1:1", "--top-k", "2")
+    r = run_cli(
+        "crop",
+        str(photo_dir),
+        str(photo_dir / "notes.txt"),
+        str(photo_dir / "missing.jpg"),
+        "--json",
+        "--model",
+        str(tiny_backbone_dir),
+        "--aspect",
+        "1:1",
+        "--top-k",
+        "2",
+    )
     assert r.returncode == 1
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     names = [Path(d["image"]).name for d in lines]
@@ -82,19 +112,26 @@ def test_glob_and_table_output(tiny_backbone_dir, photo_dir):
 
 
 def test_usage_errors_exit_2_without_traceback():
-    for args in (["crop"], ["crop", "x.jpg", "--query", "a", "--image-query", "b.jpg"], ["crop", "x.jpg", "--top-k", "x"],
-                 ["nonsense"]):
+    for args in (
+        ["crop"],
+        ["crop", "x.jpg", "--query", "a", "--image-query", "b.jpg"],
+        ["crop", "x.jpg", "--top-k", "x"],
+        ["nonsense"],
+    ):
         r = run_cli(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--aspect", "0:1"], "aspect"),
-    (["--top-k", "0"], "top_k"),
-    (["--query", "   "], "empty"),
-    (["--model", "/nonexistent/model"], "no such folder"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--aspect", "0:1"], "aspect"),
+        (["--top-k", "0"], "top_k"),
+        (["--query", "   "], "empty"),
+        (["--model", "/nonexistent/model"], "no such folder"),
+    ],
+)
 def test_bad_parameters_one_error_line(photo_dir, args, needle):
     r = run_cli("crop", str(photo_dir / "astronaut.png"), *args)
     assert r.returncode == 1
@@ -103,18 +140,28 @@ def test_bad_parameters_one_error_line(photo_dir, args, needle):
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from clipcrop.cli import main\n"
-            "try:\n    main(['crop', '--help'])\nexcept SystemExit: pass\n"
-            "try:\n    main(['crop', 'x.jpg', '--top-k', 'zz'])\nexcept SystemExit: pass\n"
-            "bad = [m for m in ('torch', 'transformers', 'spacy') if m in sys.modules]\n"
-            "assert not bad, bad")
+    code = (
+        "import sys; from clipcrop.cli import main\n"
+        "try:\n    main(['crop', '--help'])\nexcept SystemExit: pass\n"
+        "try:\n    main(['crop', 'x.jpg', '--top-k', 'zz'])\nexcept SystemExit: pass\n"
+        "bad = [m for m in ('torch', 'transformers', 'spacy') if m in sys.modules]\n"
+        "assert not bad, bad"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
 
 
 def test_image_query_and_profile(tiny_clipcrop_dir, photo_dir):
-    r = run_cli("crop", str(photo_dir / "hopper.jpg"), "--image-query", str(photo_dir / "astronaut.png"),
-                "--model", str(tiny_clipcrop_dir), "--json", "--profile")
+    r = run_cli(
+        "crop",
+        str(photo_dir / "hopper.jpg"),
+        "--image-query",
+        str(photo_dir / "astronaut.png"),
+        "--model",
+        str(tiny_clipcrop_dir),
+        "--json",
+        "--profile",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["query"] is None and d["image_query"].endswith("astronaut.png")
@@ -124,8 +171,17 @@ def test_image_query_and_profile(tiny_clipcrop_dir, photo_dir):
 
 def test_batch_size_gives_same_results(tiny_clipcrop_dir, photo_dir):
     a = run_cli("crop", str(photo_dir), "--json", "--model", str(tiny_clipcrop_dir), "--query", "a cup")
-    b = run_cli("crop", str(photo_dir), "--json", "--model", str(tiny_clipcrop_dir), "--query", "a cup",
-                "--batch-size", "3")
+    b = run_cli(
+        "crop",
+        str(photo_dir),
+        "--json",
+        "--model",
+        str(tiny_clipcrop_dir),
+        "--query",
+        "a cup",
+        "--batch-size",
+        "3",
+    )
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     ra = [json.loads(x) for x in a.stdout.splitlines()]
     rb = [json.loads(x) for x in b.stdout.splitlines()]

@@ -20,7 +20,9 @@ def _inputs(b=2, n=36, d=32):
 
 
 def test_output_shapes_and_aux():
-    cfg = DecoderConfig(input_dim=32, d_model=32, num_queries=7, num_layers=3, num_heads=4, ffn_dim=64, dropout=0.0)
+    cfg = DecoderConfig(
+        input_dim=32, d_model=32, num_queries=7, num_layers=3, num_heads=4, ffn_dim=64, dropout=0.0
+    )
     out = CropDecoder(cfg)(*_inputs())
     assert out["pred_boxes"].shape == (2, 7, 4)
     assert out["pred_logits"].shape == (2, 7)
@@ -29,7 +31,9 @@ def test_output_shapes_and_aux():
 
 
 def test_initial_boxes_are_offsets_of_the_union_box():
-    cfg = DecoderConfig(input_dim=32, d_model=32, num_queries=5, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0)
+    cfg = DecoderConfig(
+        input_dim=32, d_model=32, num_queries=5, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0
+    )
     tokens, boxes, cond, has, union = _inputs()
     out = CropDecoder(cfg)(tokens, boxes, cond, has, union)
     expected = box_xyxy_to_cxcywh(union)[:, None, :].expand(-1, 5, -1)
@@ -37,7 +41,9 @@ def test_initial_boxes_are_offsets_of_the_union_box():
 
 
 def test_condition_changes_the_queries():
-    cfg = DecoderConfig(input_dim=32, d_model=32, num_queries=5, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0)
+    cfg = DecoderConfig(
+        input_dim=32, d_model=32, num_queries=5, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0
+    )
     dec = CropDecoder(cfg)
     tokens, boxes, cond, has, union = _inputs()
     a = dec(tokens, boxes, cond, torch.tensor([True, True]), union)["pred_logits"]
@@ -46,7 +52,9 @@ def test_condition_changes_the_queries():
 
 
 def test_gradient_reaches_every_parameter():
-    cfg = DecoderConfig(input_dim=32, d_model=32, num_queries=5, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0)
+    cfg = DecoderConfig(
+        input_dim=32, d_model=32, num_queries=5, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0
+    )
     dec = CropDecoder(cfg)
     tokens, boxes, cond, has, union = _inputs()
     out = dec(tokens, boxes, cond, has, union)

@@ -160,10 +160,22 @@ def test_backbone_boxes_are_relative_to_the_upright_image(tiny_backbone_dir, mod
         from transformers import Owlv2Config, Owlv2ForObjectDetection
 
         cfg = Owlv2Config(
-            text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                         "num_attention_heads": 4, "max_position_embeddings": 16},
-            vision_config={"image_size": 64, "patch_size": 16, "hidden_size": 32, "intermediate_size": 64,
-                           "num_hidden_layers": 1, "num_attention_heads": 4},
+            text_config={
+                "vocab_size": 49408,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 16,
+            },
+            vision_config={
+                "image_size": 64,
+                "patch_size": 16,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+            },
             projection_dim=32,
         )
         model = Owlv2ForObjectDetection(cfg)
@@ -200,8 +212,17 @@ def test_checkpoint_round_trip_gives_identical_crops(tiny_cc, tmp_path):
 def test_checkpoint_with_embedded_backbone(tiny_backbone_dir, tmp_path):
     import shutil
 
-    model = ClipCropModel(backbone="does/not-exist", decoder={"input_dim": 32, "d_model": 32, "num_queries": 6,
-                                                             "num_layers": 1, "num_heads": 4, "ffn_dim": 32})
+    model = ClipCropModel(
+        backbone="does/not-exist",
+        decoder={
+            "input_dim": 32,
+            "d_model": 32,
+            "num_queries": 6,
+            "num_layers": 1,
+            "num_heads": 4,
+            "ffn_dim": 32,
+        },
+    )
     model.save_pretrained(tmp_path / "ckpt")
     shutil.copytree(tiny_backbone_dir, tmp_path / "ckpt" / "backbone")
     cc = ClipCrop.from_pretrained(tmp_path / "ckpt")

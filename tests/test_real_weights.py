@@ -13,7 +13,9 @@ from conftest import sample_photo
 WEIGHTS = os.environ.get("CLIPCROP_TEST_WEIGHTS")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not WEIGHTS or not os.path.isdir(WEIGHTS), reason="set CLIPCROP_TEST_WEIGHTS to an OWL-ViT folder"),
+    pytest.mark.skipif(
+        not WEIGHTS or not os.path.isdir(WEIGHTS), reason="set CLIPCROP_TEST_WEIGHTS to an OWL-ViT folder"
+    ),
 ]
 
 

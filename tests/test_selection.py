@@ -24,7 +24,9 @@ def test_keywords_skip_the_full_text_itself():
 def _features() -> ImageFeatures:
     """4 tokens whose class embeddings are one-hot axes; token 3 is a weak match for everything."""
     embeds = torch.eye(4)[None]
-    boxes = torch.tensor([[[0.0, 0.0, 0.2, 0.2], [0.1, 0.5, 0.3, 0.9], [0.6, 0.1, 0.9, 0.4], [0.0, 0.0, 1.0, 1.0]]])
+    boxes = torch.tensor(
+        [[[0.0, 0.0, 0.2, 0.2], [0.1, 0.5, 0.3, 0.9], [0.6, 0.1, 0.9, 0.4], [0.0, 0.0, 1.0, 1.0]]]
+    )
     tokens = torch.arange(4 * 3, dtype=torch.float32).reshape(1, 4, 3)
     return ImageFeatures(tokens, boxes, embeds, torch.zeros(1, 4), torch.full((1, 4), 10.0))
 
@@ -65,3 +67,12 @@ def test_unconditioned_is_whole_image():
     sel = unconditioned(_features())
     assert sel.mean_token is None and not sel.conditioned
     assert sel.union.tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_degenerate_union_is_grown_inside_the_image():
+    from clipcrop.selection import ensure_min_size
+
+    out = ensure_min_size(torch.tensor([1.0, 0.5, 1.0, 1.0]), 0.05)
+    assert torch.allclose(out, torch.tensor([0.95, 0.5, 1.0, 1.0]))
+    same = torch.tensor([0.1, 0.2, 0.5, 0.6])
+    assert torch.allclose(ensure_min_size(same), same)

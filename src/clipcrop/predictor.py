@@ -12,6 +12,8 @@ image (EXIF orientation applied), x1/y1 exclusive, so ``image.crop(box)`` gives 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -31,7 +33,7 @@ from .imageio import ImageSource, LoadedImage, load_image
 from .keywords import extract_keywords
 from .limits import Limits
 from .model import ClipCropModel
-from .selection import Selection, select_tokens, unconditioned
+from .selection import Selection, ensure_min_size, select_tokens, unconditioned
 from .validation import validate_query, validate_query_pair, validate_top_k
 
 logger = logging.getLogger(__name__)
@@ -225,7 +227,10 @@ class ClipCrop:
         backbone_name = name
         if "clipcrop_format" in config:
             try:
-                model = ClipCropModel.from_pretrained(name, local_files_only=bool(local_files_only))
+                # huggingface_hub's mixin print()s while loading local weights: keep stdout clean
+                # for --json consumers
+                with contextlib.redirect_stdout(io.StringIO()):
+                    model = ClipCropModel.from_pretrained(name, local_files_only=bool(local_files_only))
             except Exception as exc:  # noqa: BLE001
                 raise ModelLoadError(describe_load_failure(name, exc)) from exc
             local = Path(name) / "backbone"
@@ -411,7 +416,7 @@ class ClipCrop:
             torch.tensor([selection.conditioned], device=feats.tokens.device),
             selection.union[None],
         )
-        boxes = box_cxcywh_to_xyxy(out["pred_boxes"][0].float()).clamp(0.0, 1.0).cpu().numpy()
+        boxes = ensure_min_size(box_cxcywh_to_xyxy(out["pred_boxes"][0].float())).cpu().numpy()
         scores = torch.sigmoid(out["pred_logits"][0].float()).cpu().numpy()
         return boxes.astype(np.float64), scores.astype(np.float64)
 

@@ -17,6 +17,19 @@ from .backbone import ImageFeatures
 from .box_ops import union_box
 
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
+#: smallest side of ``b_u`` as a fraction of the image: a degenerate box (a token whose box
+#: collapsed onto the border) would leave the decoder offsets to nothing
+MIN_UNION_SIZE = 0.05
+
+
+def ensure_min_size(box: torch.Tensor, min_size: float = MIN_UNION_SIZE) -> torch.Tensor:
+    """Grow (..., 4) normalised xyxy boxes around their centres to at least ``min_size`` per side,
+    inside [0, 1]."""
+    box = box.clamp(0.0, 1.0)
+    lo, hi = box[..., :2], box[..., 2:]
+    size = (hi - lo).clamp(min=min_size)
+    centre = torch.minimum(torch.maximum((lo + hi) / 2, size / 2), 1 - size / 2)
+    return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
 
 
 @dataclass
@@ -92,6 +105,6 @@ def select_tokens(
         boxes=boxes,
         scores=probs[keep],
         labels=[lab for lab, k in zip(labels, keep.tolist(), strict=True) if k],
-        union=union_box(boxes),
+        union=ensure_min_size(union_box(boxes)),
         mean_token=features.tokens[0, idx].mean(dim=0),
     )

@@ -1,68 +1,166 @@
-"""Validation of queries and parameters, shared by the library, the CLI and the service.
+"""Validation of request arguments, shared by the library, the CLI and the service.
 
-Each function either returns the cleaned value or raises a documented
-:class:`~clipcrop.errors.InputError` subclass whose message says what to change.
+Every function raises a :mod:`clipcrop.errors` class (``QueryError`` or ``ParameterError``, both
+``InputError`` with HTTP status 400) whose message says what is wrong and what to do, so that the
+CLI can print it as its one ``error`` line and the service can return it in its 4xx JSON body.
+Messages never echo control characters back.
+
+Typical use, in this order::
+
+    validate_query_pair(query, image_query)
+    query = validate_query(query, limits)
+    top_k = validate_top_k(top_k, limits.max_top_k or num_crops)   # library / JSON
+    top_k = parse_top_k(form_field, default, max_k=max_k)           # CLI / HTML form text
 """
 
 from __future__ import annotations
 
+import numbers
 import re
 import unicodedata
 
 from .errors import ParameterError, QueryError
-from .limits import Limits
+from .limits import DEFAULT_LIMITS, Limits
 
-_ALLOWED_WHITESPACE = {"\t", "\n", "\r"}
-_SPACES = re.compile(r"\s+")
+__all__ = ["validate_query", "validate_top_k", "parse_top_k", "validate_query_pair"]
+
+# C0 controls except tab, line feed and carriage return; DEL; C1 controls (U+0080-U+009F).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_WHITESPACE = re.compile(r"\s+")  # Unicode whitespace: also NBSP, U+3000, U+2028, ...
+# Characters that print nothing: format characters (zero-width space, BOM, bidi marks) and spaces.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Zs", "Zl", "Zp"})
+_TOP_K_TEXT = re.compile(r"\+?[0-9]{1,12}")
 
 
-def validate_query(query: str | None, limits: Limits) -> str | None:
-    """Clean a text query: None stays None; otherwise whitespace collapsed and stripped.
+def validate_query(query: str | None, limits: Limits = DEFAULT_LIMITS) -> str | None:
+    """Check and normalise a text query.
+
+    ``None`` (no query: an unconditioned crop) is returned unchanged.  Otherwise the query must be
+    a ``str`` without NUL bytes, C0/C1 control characters (tab, line feed and carriage return are
+    allowed) or lone surrogates; runs of whitespace are collapsed to one space and the ends
+    stripped.  The result must contain something visible and be at most
+    ``limits.max_query_chars`` characters long (counted after collapsing and stripping).
+
+    Any language, right-to-left text, emoji and stopword-only queries ("the of and") are valid:
+    what a query means is the model's business, not validation's.
+
+    Returns:
+        the normalised query, or ``None``.
 
     Raises:
-        QueryError: not a string; contains NUL or other control characters; empty or only
-            whitespace; longer than ``limits.max_query_chars`` characters after cleaning.
+        QueryError: not text, NUL byte, control character, invalid Unicode, empty, or too long.
     """
     if query is None:
         return None
     if not isinstance(query, str):
         raise QueryError(f"query must be text, not {type(query).__name__}")
-    if "\x00" in query:
-        raise QueryError("query contains a NUL byte")
-    for ch in query:
-        if ch not in _ALLOWED_WHITESPACE and unicodedata.category(ch) == "Cc":
-            raise QueryError(f"query contains the control character U+{ord(ch):04X}")
-    text = _SPACES.sub(" ", query).strip()
-    if not text:
-        raise QueryError("query is empty; give a few words describing what the crop should show, or no query")
+    bad = _CONTROL.search(query)
+    if bad:
+        if bad.group() == "\x00":
+            raise QueryError(f"query contains a NUL byte (at character {bad.start()}); remove it")
+        raise QueryError(
+            f"query contains the control character U+{ord(bad.group()):04X} at character {bad.start()}; "
+            "only tabs and line breaks are allowed"
+        )
+    bad = _SURROGATE.search(query)
+    if bad:
+        raise QueryError(
+            f"query is not valid Unicode (lone surrogate U+{ord(bad.group()):04X} at character "
+            f"{bad.start()}); send UTF-8 text"
+        )
+    text = _WHITESPACE.sub(" ", query).strip()
+    if not text or all(unicodedata.category(c) in _INVISIBLE_CATEGORIES for c in text):
+        raise QueryError(
+            "query is empty (or only whitespace); give a few words describing what to crop to, "
+            "or give no query for an unconditioned crop"
+        )
     if len(text) > limits.max_query_chars:
         raise QueryError(
-            f"query is {len(text)} characters long, above the limit of {limits.max_query_chars} "
-            "(Limits.max_query_chars / CLIPCROP_MAX_QUERY_CHARS)"
+            f"query is {len(text)} characters long, above the limit of {limits.max_query_chars}; "
+            "shorten it (or raise the limit with Limits(max_query_chars=...) or CLIPCROP_MAX_QUERY_CHARS)"
         )
     return text
 
 
+def _check_max_k(max_k: int) -> None:
+    if isinstance(max_k, bool) or not isinstance(max_k, numbers.Integral) or max_k < 1:
+        raise ValueError(f"max_k must be an integer >= 1, got {max_k!r}")
+
+
+def validate_top_k(top_k: int, max_k: int) -> int:
+    """Check ``top_k``, the number of crops to return, for library and JSON callers.
+
+    ``top_k`` must be an integer (``int`` or a numpy integer; ``bool``, floats and strings are
+    refused: use :func:`parse_top_k` for text) with ``1 <= top_k <= max_k``.  Resolve defaults
+    (``None`` meaning "the default") before calling.
+
+    Args:
+        top_k: the requested number of crops.
+        max_k: the largest allowed value (``Limits.max_top_k``, or the model's number of crops).
+
+    Returns:
+        ``top_k`` as a plain ``int``.
+
+    Raises:
+        ParameterError: ``top_k`` is not an integer or is out of range.
+        ValueError: ``max_k`` itself is not an integer >= 1 (a programming error).
+    """
+    _check_max_k(max_k)
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        shown = repr(top_k)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise ParameterError(f"top_k must be a whole number between 1 and {max_k}, got {shown}")
+    k = int(top_k)
+    if not 1 <= k <= max_k:
+        raise ParameterError(f"top_k must be between 1 and {max_k}, got {k}")
+    return k
+
+
+def parse_top_k(text: str | int | None, default: int = 5, *, max_k: int | None = None) -> int:
+    """Parse ``top_k`` from a CLI argument or an HTML form field.
+
+    Accepts ASCII decimal digits with an optional ``+`` and surrounding whitespace (``"3"``,
+    ``" +3 "``), or an ``int`` as is; ``None`` or a blank field gives ``default``.  Refuses
+    everything else, including ``"3.0"``, ``"1e3"``, ``"0x10"``, ``"1_000"`` and non-ASCII digits
+    that Python's ``int()`` would accept.
+
+    Args:
+        text: the raw value.
+        default: the value of an omitted (``None`` or blank) field.
+        max_k: when given, the result is also checked with :func:`validate_top_k`; otherwise it
+            only has to be >= 1.
+
+    Raises:
+        ParameterError: not a whole number, or out of range.
+    """
+    if text is None or (isinstance(text, str) and not text.strip()):
+        value: object = default
+    elif isinstance(text, str):
+        stripped = text.strip()
+        if not _TOP_K_TEXT.fullmatch(stripped):
+            shown = repr(text) if len(text) <= 20 else repr(text[:17] + "...")
+            raise ParameterError(f"top_k must be a whole number such as 3, got {shown}")
+        value = int(stripped)
+    else:
+        value = text
+    if max_k is not None:
+        return validate_top_k(value, max_k)  # type: ignore[arg-type]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ParameterError(f"top_k must be a whole number such as 3, got {type(value).__name__}")
+    if value < 1:
+        raise ParameterError(f"top_k must be at least 1, got {int(value)}")
+    return int(value)
+
+
 def validate_query_pair(query: object, image_query: object) -> None:
-    """A text query and an image query are mutually exclusive."""
+    """Refuse a request that gives both a text query and an image query.
+
+    A query counts as given when it is not ``None`` (an empty string is given, and then refused
+    by :func:`validate_query`).  Giving neither is valid: an unconditioned crop.
+
+    Raises:
+        QueryError: both were given.
+    """
     if query is not None and image_query is not None:
         raise QueryError("give either a text query or an image query, not both")
-
-
-def validate_top_k(top_k: object, max_k: int) -> int:
-    """``top_k`` must be an int in 1..``max_k`` (bools are refused)."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise ParameterError(f"top_k must be a whole number, not {top_k!r}")
-    if not 1 <= top_k <= max_k:
-        raise ParameterError(f"top_k must be between 1 and {max_k}, got {top_k}")
-    return top_k
-
-
-def parse_top_k(text: str | None, default: int = 5) -> int:
-    """``top_k`` from a form field or flag: digits only (range checked by :func:`validate_top_k`)."""
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return default
-    value = str(text).strip()
-    if not re.fullmatch(r"[+]?\d{1,9}", value):
-        raise ParameterError(f"top_k must be a whole number, not {value[:40]!r}")
-    return int(value)
