@@ -64,3 +64,14 @@ def test_gradient_reaches_every_parameter():
     for name, p in dec.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+def test_cached_memory_gives_identical_outputs():
+    cfg = DecoderConfig(input_dim=32, d_model=32, num_queries=5, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0)
+    dec = CropDecoder(cfg).eval()
+    tokens, boxes, cond, has, union = _inputs()
+    with torch.no_grad():
+        memory = dec.memory(tokens, boxes)
+        a = dec(tokens, boxes, cond, has, union)
+        b = dec(tokens, boxes, cond, has, union, memory=memory)
+    assert torch.equal(a["pred_boxes"], b["pred_boxes"]) and torch.equal(a["pred_logits"], b["pred_logits"])

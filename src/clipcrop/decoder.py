@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .box_ops import box_xyxy_to_cxcywh
@@ -68,6 +69,41 @@ class MLP(nn.Module):
         return x
 
 
+class Attention(nn.Module):
+    """Multi-head attention whose key/value projections can be computed once and reused.
+
+    The cross-attention keys and values depend only on the image, not on the condition, so
+    :meth:`CropDecoder.memory` projects them once per image; each further query then pays only
+    for the M decoder queries (what makes many queries on one encoded image cheap).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def project_kv(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, d) keys and values -> per-head (B, H, N, d/H) tensors."""
+        return self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+
+    def forward(self, query: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        q = self._heads(self.q_proj(query))
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=p)
+        b, h, n, dh = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * dh))
+
+
 class DecoderLayer(nn.Module):
     """Post-norm transformer decoder layer: self-attention, cross-attention, feed-forward.
 
@@ -76,8 +112,8 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = Attention(d_model, num_heads, dropout)
+        self.cross_attn = Attention(d_model, num_heads, dropout)
         self.ffn = nn.Sequential(
             nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model)
         )
@@ -86,13 +122,16 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
+    def memory_kv(self, memory: torch.Tensor, memory_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's cross-attention keys (memory + position) and values (memory)."""
+        return self.cross_attn.project_kv(memory + memory_pos, memory)
+
     def forward(
-        self, tgt: torch.Tensor, query_pos: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor
+        self, tgt: torch.Tensor, query_pos: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
-        q = k = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout(self.self_attn(q, k, tgt, need_weights=False)[0]))
-        attn = self.cross_attn(tgt + query_pos, memory + memory_pos, memory, need_weights=False)[0]
-        tgt = self.norm2(tgt + self.dropout(attn))
+        q = tgt + query_pos
+        tgt = self.norm1(tgt + self.dropout(self.self_attn(q, self.self_attn.project_kv(q, tgt))))
+        tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, kv)))
         return self.norm3(tgt + self.dropout(self.ffn(tgt)))
 
 
@@ -122,6 +161,21 @@ class CropDecoder(nn.Module):
         nn.init.normal_(self.offset_head.layers[-1].weight, std=1e-3)
         nn.init.zeros_(self.offset_head.layers[-1].bias)
 
+    def memory(
+        self, tokens: torch.Tensor, token_boxes: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer cross-attention keys/values of the image tokens; depends on the image only.
+
+        Args:
+            tokens: (B, N, D) image tokens; token_boxes: (B, N, 4) their initial boxes, normalised xyxy.
+        Returns:
+            one ``(k, v)`` pair of (B, H, N, d_model/H) tensors per layer, for ``forward(memory=...)``.
+        """
+        tokens = tokens.to(self.input_proj.weight.dtype)
+        memory = self.input_norm(self.input_proj(tokens))
+        memory_pos = self.box_embed(box_xyxy_to_cxcywh(token_boxes.to(memory.dtype)))
+        return [layer.memory_kv(memory, memory_pos) for layer in self.layers]
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -129,6 +183,7 @@ class CropDecoder(nn.Module):
         condition: torch.Tensor,
         has_condition: torch.Tensor,
         union: torch.Tensor,
+        memory: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> dict:
         """Decode crops.
 
@@ -138,24 +193,25 @@ class CropDecoder(nn.Module):
             condition: (B, D) mean of the selected tokens (ignored where ``has_condition`` is False).
             has_condition: (B,) bool.
             union: (B, 4) ``b_u``, normalised xyxy.
+            memory: optional result of :meth:`memory` for these tokens (skips re-projecting them).
 
         Returns:
             ``{"pred_boxes": (B, M, 4) normalised cxcywh, "pred_logits": (B, M) score logits,
             "aux_outputs": [same keys for each earlier layer]}``.
         """
-        tokens = tokens.to(self.input_proj.weight.dtype)
-        memory = self.input_norm(self.input_proj(tokens))
-        memory_pos = self.box_embed(box_xyxy_to_cxcywh(token_boxes.to(memory.dtype)))
-        union_c = box_xyxy_to_cxcywh(union.to(memory.dtype))  # (B, 4)
+        if memory is None:
+            memory = self.memory(tokens, token_boxes)
+        dtype = self.input_proj.weight.dtype
+        union_c = box_xyxy_to_cxcywh(union.to(dtype))  # (B, 4)
         cond = torch.where(
-            has_condition[:, None], self.cond_proj(condition.to(memory.dtype)), self.no_condition[None]
+            has_condition[:, None], self.cond_proj(condition.to(dtype)), self.no_condition[None]
         )
-        b = tokens.shape[0]
+        b = union.shape[0]
         tgt = self.query_embed.weight[None].expand(b, -1, -1) + cond[:, None, :]  # eq. 2
         query_pos = self.query_pos.weight[None] + self.box_embed(union_c)[:, None, :]
         outputs = []
-        for layer in self.layers:
-            tgt = layer(tgt, query_pos, memory, memory_pos)
+        for layer, kv in zip(self.layers, memory, strict=True):
+            tgt = layer(tgt, query_pos, kv)
             hidden = self.out_norm(tgt)
             boxes = union_c[:, None, :] + self.offset_head(hidden)  # eq. 3
             boxes = torch.cat([boxes[..., :2], boxes[..., 2:].clamp(min=MIN_SIZE)], dim=-1)

@@ -18,8 +18,13 @@ from torch import nn
 from .decoder import CropDecoder, DecoderConfig
 
 CHECKPOINT_FORMAT = "clipcrop/1"
-DEFAULT_SELECTION = {"min_score": 0.05, "max_keywords": 8, "use_full_text": True, "use_keywords": True,
-                     "use_text": True}
+DEFAULT_SELECTION = {
+    "min_score": 0.05,
+    "max_keywords": 8,
+    "use_full_text": True,
+    "use_keywords": True,
+    "use_text": True,
+}
 #: the paper's ablation variants (section 4.6) as selection settings
 VARIANTS = {
     "full": {"use_text": True, "use_full_text": True, "use_keywords": True},
@@ -71,9 +76,10 @@ class ClipCropModel(
         condition: torch.Tensor,
         has_condition: torch.Tensor,
         union: torch.Tensor,
+        memory: list | None = None,
     ) -> dict:
         """See :meth:`clipcrop.decoder.CropDecoder.forward`."""
-        return self.decoder(tokens, token_boxes, condition, has_condition, union)
+        return self.decoder(tokens, token_boxes, condition, has_condition, union, memory=memory)
 
     def save_pretrained(self, save_directory, **kwargs):  # type: ignore[override]
         """Save weights, model card and the *complete* config (defaults filled in), so a checkpoint

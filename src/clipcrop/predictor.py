@@ -135,6 +135,8 @@ class EncodedImage:
         self.loaded = loaded
         self.features = features
         self.timings = dict(timings)
+        #: per-image values derived lazily and reused across queries (decoder keys/values)
+        self.cache: dict[str, object] = {}
 
     @property
     def width(self) -> int:
@@ -373,7 +375,7 @@ class ClipCrop:
         t1 = time.perf_counter()
         width, height = encoded.width, encoded.height
         if self.model is not None:
-            boxes, scores = self._decode(feats, selection)
+            boxes, scores = self._decode(encoded, selection)
         else:
             boxes, scores = self._compose(feats, selection, width, height, ratio)
         t2 = time.perf_counter()
@@ -403,10 +405,17 @@ class ClipCrop:
         return top_k, ratio
 
     @torch.no_grad()
-    def _decode(self, feats: ImageFeatures, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
-        """Trained mode: the decoder's M crops (normalised xyxy) and sigmoid scores."""
+    def _decode(self, encoded: EncodedImage, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
+        """Trained mode: the decoder's M crops (normalised xyxy) and sigmoid scores.
+
+        The decoder's image-side keys/values are computed once per encoded image and kept on it.
+        """
         model = self.model
         assert model is not None
+        feats = encoded.features
+        memory = encoded.cache.get("decoder_memory")
+        if memory is None:
+            memory = encoded.cache["decoder_memory"] = model.decoder.memory(feats.tokens, feats.boxes)
         d = feats.tokens.shape[-1]
         cond = selection.mean_token if selection.mean_token is not None else feats.tokens.new_zeros(d)
         out = model(
@@ -415,6 +424,7 @@ class ClipCrop:
             cond[None],
             torch.tensor([selection.conditioned], device=feats.tokens.device),
             selection.union[None],
+            memory=memory,
         )
         boxes = ensure_min_size(box_cxcywh_to_xyxy(out["pred_boxes"][0].float())).cpu().numpy()
         scores = torch.sigmoid(out["pred_logits"][0].float()).cpu().numpy()
