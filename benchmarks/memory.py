@@ -1,0 +1,139 @@
+"""Target 4: peak memory.
+
+    python benchmarks/memory.py --model DIR
+
+1. Peak RSS of ``clipcrop crop PHOTO --query ...`` vs a script that only loads the same OWL-ViT
+   and runs one forward (each in a fresh process; ``ru_maxrss`` of the child).
+2. Decoding a 40-megapixel JPEG vs a 4-megapixel one through ClipCrop's loader (JPEG draft
+   reduction): peak RSS of a process that decodes one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine_info, make_photo_set, print_table  # noqa: E402
+
+BARE = """
+import resource, sys, torch
+from PIL import Image
+from transformers import OwlViTForObjectDetection, OwlViTProcessor
+model_dir, photo, query = sys.argv[1:4]
+processor = OwlViTProcessor.from_pretrained(model_dir)
+model = OwlViTForObjectDetection.from_pretrained(model_dir).eval()
+with torch.no_grad():
+    model(**processor(text=[[query]], images=Image.open(photo).convert("RGB"), return_tensors="pt"))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+CLI = """
+import resource, sys
+from clipcrop.cli import main
+rc = main(sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(rc)
+"""
+DECODE = """
+import resource, sys
+from clipcrop.imageio import load_image
+li = load_image(sys.argv[1])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, li.image.size, li.width, li.height)
+"""
+
+
+def child_rss(cmd: list[str], env: dict, from_stderr: bool = False) -> tuple[int, str]:
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-2000:])
+    text = (r.stderr if from_stderr else r.stdout).strip().splitlines()[-1]
+    return int(text.split()[0]), text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--query", default="a person")
+    args = ap.parse_args()
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
+    tmp = Path(tempfile.mkdtemp(prefix="clipcrop-mem-"))
+    photo = make_photo_set(tmp / "p", 1, long_side=1024)[0]
+    bare_kb, _ = child_rss([sys.executable, "-c", BARE, args.model, str(photo), args.query], env)
+    cli_kb, _ = child_rss(
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "crop",
+            str(photo),
+            "--query",
+            args.query,
+            "--json",
+            "--model",
+            args.model,
+        ],
+        env,
+        from_stderr=True,
+    )
+    print(f"machine: {machine_info()}")
+    print_table(
+        "Target 4a: peak RSS, one photo",
+        [
+            ("load OWL-ViT + one forward", f"{bare_kb / 1024:.0f} MiB", "1.00x", ""),
+            (
+                "clipcrop crop PHOTO --query",
+                f"{cli_kb / 1024:.0f} MiB",
+                f"{cli_kb / bare_kb:.2f}x",
+                "<= 1.30x",
+            ),
+        ],
+        ("process", "peak RSS", "ratio", "target"),
+    )
+
+    from PIL import Image
+
+    src = Image.open(photo).convert("RGB")
+    rows = []
+    sizes = {"4 MP (2449x1633)": (2449, 1633), "40 MP (7746x5164)": (7746, 5164)}
+    base_kb = child_rss(
+        [
+            sys.executable,
+            "-c",
+            "import resource; from clipcrop.imageio import load_image; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
+        ],
+        env,
+    )[0]
+    results = {}
+    for label, size in sizes.items():
+        path = tmp / f"{size[0]}x{size[1]}.jpg"
+        src.resize(size, Image.BILINEAR).save(path, quality=85)
+        kb, text = child_rss([sys.executable, "-c", DECODE, str(path)], env)
+        results[label] = kb - base_kb
+        rows.append(
+            (
+                label,
+                f"{path.stat().st_size / 1e6:.1f} MB",
+                f"{(kb - base_kb) / 1024:.0f} MiB",
+                text.split(" ", 1)[1],
+            )
+        )
+    print_table(
+        "Target 4b: peak RSS of decoding (above an interpreter with clipcrop.imageio imported)",
+        rows,
+        ("image", "file", "decode peak", "decoded size, original w, h"),
+    )
+    a, b = results.values()
+    print(
+        f"40 MP / 4 MP decode peak: {b / max(a, 1):.2f}x (a full 40 MP RGB decode alone would be "
+        f"{7746 * 5164 * 3 / 2**20:.0f} MiB)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
