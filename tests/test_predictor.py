@@ -269,3 +269,28 @@ def test_result_json(tiny_cc):
     assert set(d["crops"][0]) == {"box", "score"}
     ext = result.to_dict(extended=True)
     assert ext["mode"] == "trained" and "backbone" in ext["timings"]
+
+
+def test_unreachable_hub_is_named_in_the_error(tmp_path, monkeypatch):
+    """With the Hub allowed but unreachable (a closed local port), the error says so and how to fix it."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
+    import importlib
+
+    import huggingface_hub.constants as hub_constants
+
+    importlib.reload(hub_constants)
+    try:
+        with pytest.raises(ModelLoadError) as info:
+            ClipCrop.from_pretrained("google/owlvit-base-patch32")
+    finally:
+        for var in ("HF_ENDPOINT", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        importlib.reload(hub_constants)
+    message = str(info.value)
+    assert "could not be reached" in message and "--model" in message
