@@ -85,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         raise ParameterError(f"--image-query {args.image_query}: no such file")
     items = expand_inputs(args.images)
     t_start = time.perf_counter()
+    if args.query:
+        from .keywords import warm_up_in_background
+
+        warm_up_in_background()  # spaCy loads while the backbone loads
     cc = load_predictor(args)
     t_loaded = time.perf_counter()
     condition = cc.prepare_condition(args.query, args.image_query)

@@ -35,6 +35,18 @@ def _nlp():
     return None
 
 
+def warm_up_in_background() -> threading.Thread:
+    """Load the spaCy pipeline in a thread, so it overlaps with loading the backbone."""
+
+    def load() -> None:
+        with _lock:
+            _nlp()
+
+    thread = threading.Thread(target=load, name="clipcrop-spacy", daemon=True)
+    thread.start()
+    return thread
+
+
 @functools.lru_cache(maxsize=4096)
 def extract_keywords(query: str, max_keywords: int = 8) -> tuple[str, ...]:
     """Keywords of ``query``, in order of appearance, de-duplicated, without the full text itself.
