@@ -1,0 +1,183 @@
+"""The web page in a real Chromium (Debian's, driven by Playwright) against the service on loopback."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import sample_photo
+from PIL import Image
+
+from clipcrop.limits import Limits
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+KEY = "page-test-key"
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "chromium is not installed, and CI must run the browser tests (apt-get install chromium)"
+            )
+        pytest.skip("chromium is not installed (apt-get install chromium); browser tests skipped outside CI")
+    return path
+
+
+class ThreadServer:
+    """uvicorn serving an app from a thread, on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_cc):
+    from clipcrop.service import create_app
+
+    with (
+        ThreadServer(create_app(tiny_cc, Limits())) as open_srv,
+        ThreadServer(create_app(tiny_cc, Limits(), api_key=KEY)) as key_srv,
+    ):
+        yield open_srv, key_srv
+
+
+def _new_page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(f"console {m.type}: {m.text}")
+            if m.type == "error" and "401" not in m.text and "415" not in m.text
+            else None
+        ),
+    )
+    return context, page, problems
+
+
+def test_crop_with_the_keyboard_then_an_error(browser, servers, tmp_path):
+    base = servers[0].base
+    context, page, problems = _new_page(browser)
+    page.goto(base + "/")
+    assert page.title().startswith("ClipCrop")
+    page.set_input_files("#image", str(sample_photo("astronaut.png")))
+    page.fill("#query", "a woman in a space suit")
+    page.fill("#top-k", "3")
+    page.select_option("#aspect", "4:5")
+    page.focus("#crop-button")
+    page.keyboard.press("Enter")
+
+    page.wait_for_selector("#thumbs li >> nth=2", timeout=60_000)
+    assert page.locator("#boxes .box").count() == 3
+    assert page.locator("#boxes .box .rank").all_inner_texts() == ["1", "2", "3"]
+    metas = page.locator("#thumbs .score").all_inner_texts()
+    assert len(metas) == 3 and all("score 0." in m or "score 1." in m for m in metas), metas
+    assert "3 crops" in page.locator("#status").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "web_page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    assert Image.open(io.BytesIO(data)).size[0] == 1280
+
+    # every thumbnail is a real picture, and the download is the crop at full resolution
+    widths = page.eval_on_selector_all("#thumbs img", "els => els.map(e => e.naturalWidth)")
+    assert len(widths) == 3 and min(widths) > 0
+    with page.expect_download() as info:
+        page.get_by_text("Download crop 1").click()
+    download = info.value
+    assert download.suggested_filename == "astronaut_crop1.jpg"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    w, h = (int(v) for v in metas[0].rsplit("·", 1)[1].strip().split("×"))
+    with Image.open(saved) as crop:
+        assert crop.size == (w, h)
+    assert abs(w / h - 4 / 5) < 0.02
+
+    # a file that is not an image: a readable message in an alert, Enter in the query field submits
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("these are notes, not a photo\n" * 20)
+    page.set_input_files("#image", str(not_image))
+    page.focus("#query")
+    page.keyboard.press("Enter")
+    alert = page.get_by_role("alert")
+    alert.wait_for(state="visible", timeout=30_000)
+    text = alert.inner_text()
+    assert "415" in text and "notes.jpg" in text and "not a recognised image" in text, text
+    assert not problems, problems
+    context.close()
+
+
+def test_page_asks_for_the_api_key(browser, servers):
+    base = servers[1].base
+    context, page, problems = _new_page(browser)
+    page.goto(base + "/")
+    assert page.locator("#api-key").is_hidden()
+    page.set_input_files("#image", str(sample_photo("chelsea.png")))
+    page.fill("#query", "a cat")
+    page.press("#query", "Enter")
+    page.get_by_role("alert").wait_for(state="visible", timeout=30_000)
+    assert "API key" in page.get_by_role("alert").inner_text()
+    key_field = page.locator("#api-key")
+    assert key_field.is_visible() and key_field.get_attribute("type") == "password"
+    assert page.evaluate("document.activeElement.id") == "api-key"
+    key_field.fill(KEY)
+    key_field.press("Enter")
+    page.wait_for_selector("#thumbs li", timeout=60_000)
+    assert page.locator("#error").inner_text() == ""
+    assert page.evaluate("sessionStorage.getItem('clipcrop-api-key')") == KEY
+    # a reload keeps the key for this tab
+    page.reload()
+    assert page.locator("#api-key").input_value() == KEY
+    assert not problems, problems
+    context.close()
