@@ -1,0 +1,282 @@
+"""Training on a handful of GAIC-format samples made from real photos (tiny random OWL-ViT)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_DECODER
+from gaic_fixture import write_gaic
+from PIL import Image
+from safetensors.torch import load_file
+
+from clipcrop.datasets import load_gaic
+from clipcrop.errors import DatasetError, ParameterError
+from clipcrop.training import (
+    LOG_FILE,
+    STATE_FILE,
+    TrainConfig,
+    TrainingData,
+    publish_checkpoint,
+    recover_checkpoint_dir,
+    train,
+)
+
+DECODER = {k: v for k, v in TINY_DECODER.items() if k != "input_dim"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on shared cores: one intra-op thread is many times faster (and deterministic)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def gaic(tmp_path_factory):
+    return write_gaic(tmp_path_factory.mktemp("gaic"))
+
+
+def config(gaic, backbone_dir, out, **changes) -> TrainConfig:
+    base = dict(
+        gaic_root=str(gaic.root),
+        text_annotations=str(gaic.text_dir),
+        backbone=str(backbone_dir),
+        out_dir=str(out),
+        batch_size=4,
+        lr=1e-3,
+        decoder=dict(DECODER),
+        device="cpu",
+        progress=False,
+    )
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def read_log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+
+
+def test_training_learns_the_crops(gaic, tiny_backbone_dir, tmp_path):
+    """Loss falls and training-set Acc1/5 and top-1 IoU rise far above the untrained decoder."""
+    from clipcrop.evaluation import evaluate_samples
+    from clipcrop.model import ClipCropModel
+    from clipcrop.predictor import ClipCrop
+
+    out = tmp_path / "ck"
+    decoder = {**DECODER, "num_queries": 16}
+    cfg = config(gaic, tiny_backbone_dir, out, max_steps=200, mosaic=False, text_drop=0.0, decoder=decoder)
+    result = train(cfg)
+    losses = [r["loss"] for r in result.history]
+    start, end = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
+    assert result.step == 200 and result.finished
+    assert end < 0.6 * start, (start, end)
+
+    samples = load_gaic(gaic.root, "train", gaic.text_dir)
+    trained = ClipCrop.from_pretrained(out)
+    assert trained.mode == "trained" and trained.max_top_k == 16
+    torch.manual_seed(0)
+    fresh = ClipCropModel(backbone=str(tiny_backbone_dir), decoder={**decoder, "input_dim": 32})
+    untrained = ClipCrop(trained.backbone, fresh)
+    after = evaluate_samples(trained, samples, "gaic").metrics
+    before = evaluate_samples(untrained, samples, "gaic").metrics
+    print(
+        f"loss {start:.3f} -> {end:.3f}; acc1_5 {before['acc1_5']:.3f} -> {after['acc1_5']:.3f}; "
+        f"iou_top1_best {before['iou_top1_best']:.3f} -> {after['iou_top1_best']:.3f}"
+    )
+    assert after["acc1_5"] >= before["acc1_5"] + 0.5
+    assert after["iou_top1_best"] >= before["iou_top1_best"] + 0.3
+
+
+def test_resume_gives_the_same_weights(gaic, tiny_backbone_dir, tmp_path):
+    """12 steps straight vs 5 steps, stop, resume to 12: identical weights and losses. Mosaics,
+    text drop, dropout and LR warm-up/cosine are all on, so every saved state matters."""
+    decoder = {**DECODER, "dropout": 0.1}
+    common = dict(max_steps=12, text_drop=0.3, decoder=decoder, warmup_steps=3)
+    a_out, b_out = tmp_path / "a", tmp_path / "b"
+    a = train(config(gaic, tiny_backbone_dir, a_out, save_every=5, **common))
+    b1 = train(config(gaic, tiny_backbone_dir, b_out, stop_after=5, **common))
+    assert b1.step == 5 and not b1.finished
+    assert json.loads((b_out / "config.json").read_text())["decoder"]["num_queries"] == DECODER["num_queries"]
+    b2 = train(config(gaic, tiny_backbone_dir, b_out, resume=True, **common))
+    assert b2.start_step == 5 and b2.step == 12
+
+    wa, wb = load_file(a_out / "model.safetensors"), load_file(b_out / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["loss"] for r in a.history[:5]] == [r["loss"] for r in b1.history]
+    assert [r["loss"] for r in a.history[5:]] == [r["loss"] for r in b2.history]
+    state_a = torch.load(a_out / STATE_FILE, weights_only=True)
+    assert state_a["step"] == 12 and state_a["scheduler"]["last_epoch"] == 12
+
+    # the log of the resumed run continues; every step logs each loss term and the shares
+    steps = [r for r in read_log(b_out) if r["event"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    assert [r["event"] for r in read_log(b_out)].count("resume") == 1
+    for r in steps:
+        assert {"loss", "loss_score", "loss_l1", "loss_giou", "loss_l1_0", "lr", "step_time"} <= set(r)
+        assert {"text_drop", "unconditioned", "mosaic"} <= set(r)
+    # the logged text-drop and mosaic shares are those of the planned samples
+    samples = load_gaic(gaic.root, "train", gaic.text_dir)
+    data = TrainingData(samples, config(gaic, tiny_backbone_dir, a_out, **common))
+    for r in steps:
+        plans = data.plans_for_step(*divmod(r["step"] - 1, data.steps_per_epoch))
+        assert r["text_drop"] == pytest.approx(np.mean([p.drop_text for p in plans]))
+        assert r["mosaic"] == pytest.approx(np.mean([p.grid > 1 for p in plans]))
+    assert 0 < np.mean([r["text_drop"] for r in steps]) < 1
+    assert np.mean([r["mosaic"] for r in steps]) > 0
+
+
+def test_mosaic_plans_and_targets(gaic, tiny_backbone_dir, tmp_path):
+    samples = load_gaic(gaic.root, "train", gaic.text_dir)
+    cfg = config(gaic, tiny_backbone_dir, tmp_path, text_drop=0.25, seed=3)
+    data = TrainingData(samples, cfg, mosaic_max_side=240)
+    plans = [p for e in range(80) for s in range(data.steps_per_epoch) for p in data.plans_for_step(e, s)]
+    drop = np.mean([p.drop_text for p in plans])
+    assert abs(drop - 0.25) < 0.06
+    kept = [p for p in plans if not p.drop_text]
+    for g in (1, 2, 3):  # single, 2x2, 3x3 with equal probability
+        assert abs(np.mean([p.grid == g for p in kept]) - 1 / 3) < 0.06
+    assert all(p.grid == 1 for p in plans if p.drop_text)  # no text: nothing tells the tile
+    # every epoch visits every sample
+    assert sorted({p.sample_index for p in plans[: len(samples)]}) == list(range(len(samples)))
+
+    plan = next(p for p in plans if p.grid == 3 and p.target_tile == 4)
+    item = data.build(plan)
+    sample = samples[plan.sample_index]
+    assert item.caption == sample.caption
+    assert [t for i, t in enumerate(plan.tiles) if i != 4] and plan.tiles[4] == plan.sample_index
+    assert plan.sample_index not in [t for i, t in enumerate(plan.tiles) if i != 4]
+    w, h = item.size
+    assert item.image.size == (w, h) and max(w, h) <= 240
+    # targets sit in the middle tile: mapping them back gives the sample's own crops
+    rect = np.array([1 / 3, 1 / 3, 2 / 3, 2 / 3])
+    back = (item.boxes - rect[[0, 1, 0, 1]]) / (rect[[2, 3, 2, 3]] - rect[[0, 1, 0, 1]])
+    np.testing.assert_allclose(back, sample.boxes_xyxy_norm(), atol=0.02)
+    best = sample.boxes_xyxy_norm()[sample.best_crop_index()]
+    np.testing.assert_allclose((item.best_crop - rect[:2].repeat(2)) * 3, best, atol=0.02)
+    # ... and the middle tile's pixels are the target photo
+    tile = item.image.crop((round(w / 3), round(h / 3), round(2 * w / 3), round(2 * h / 3)))
+    photo = Image.open(sample.image_path).convert("RGB").resize(tile.size)
+    diff = np.abs(np.asarray(tile, np.float32) - np.asarray(photo, np.float32)).mean()
+    assert diff < 12, diff
+
+
+def test_mosaic_token_selection_is_filtered(gaic, tiny_backbone_dir, tmp_path):
+    """In a mosaic, text may only select tokens near the target tile's best crop."""
+    from clipcrop.backbone import Backbone
+    from clipcrop.model import ClipCropModel
+    from clipcrop.mosaic import filter_initial_boxes
+    from clipcrop.training import ConditionSpec, TrainNet
+
+    samples = load_gaic(gaic.root, "train", gaic.text_dir)
+    cfg = config(gaic, tiny_backbone_dir, tmp_path, seed=1)
+    data = TrainingData(samples, cfg)
+    backbone = Backbone.from_pretrained(tiny_backbone_dir)
+    model = ClipCropModel(backbone=str(tiny_backbone_dir), decoder={**DECODER, "input_dim": 32})
+    net = TrainNet(model, backbone, config=cfg)
+    plans = [p for e in range(10) for p in data.plans_for_step(e, 0) if p.grid > 1][:4]
+    items = [data.build(p) for p in plans]
+    feats = backbone.encode(backbone.preprocess([it.image for it in items]), [it.size for it in items])
+    embeds = backbone.embed_texts([it.caption for it in items])
+    free, masked = [], []
+    for i, it in enumerate(items):
+        best = torch.as_tensor(it.best_crop)
+        free.append(ConditionSpec(embeds[i : i + 1], ["full text"]))
+        masked.append(ConditionSpec(embeds[i : i + 1], ["full text"], best))
+    out, selections = net([feats[i] for i in range(len(items))], masked)
+    assert out["pred_boxes"].shape == (len(items), DECODER["num_queries"], 4)
+    _, unfiltered = net([feats[i] for i in range(len(items))], free)
+    changed = 0
+    for i, (sel, raw) in enumerate(zip(selections, unfiltered, strict=True)):
+        mask = filter_initial_boxes(feats.boxes[i], torch.as_tensor(items[i].best_crop), ensure_one=True)
+        assert bool(mask[sel.token_indices].all())
+        changed += int(not torch.equal(sel.token_indices, raw.token_indices))
+    assert changed > 0  # the mask did restrict something
+
+
+def test_captions_required_unless_base(gaic, tiny_backbone_dir, tmp_path):
+    root = tmp_path / "gaic"
+    fx = write_gaic(
+        root, {"train": ["astronaut.png", "coffee.png", "chelsea.png"]}, drop_captions=("coffee.jpg",)
+    )
+    cfg = config(fx, tiny_backbone_dir, tmp_path / "ck", max_steps=2)
+    with pytest.raises(DatasetError, match="coffee.jpg"):
+        train(cfg)
+    with pytest.raises(ParameterError, match="text-annotations"):
+        train(config(fx, tiny_backbone_dir, tmp_path / "ck", max_steps=2, text_annotations=None))
+
+    out = tmp_path / "base"
+    result = train(config(fx, tiny_backbone_dir, out, max_steps=2, variant="base", text_annotations=None))
+    assert result.step == 2
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["selection"]["use_text"] is False and saved["training"]["variant"] == "base"
+    steps = [r for r in read_log(out) if r["event"] == "step"]
+    assert all(r["unconditioned"] == 1.0 and r["mosaic"] == 0.0 and r["text_drop"] == 0.0 for r in steps)
+
+    # an existing checkpoint is never clobbered by accident
+    with pytest.raises(ParameterError, match="--resume"):
+        train(config(fx, tiny_backbone_dir, out, max_steps=2, variant="base"))
+    again = train(config(gaic, tiny_backbone_dir, out, max_steps=1, variant="key", overwrite=True))
+    assert again.step == 1
+    assert json.loads((out / "config.json").read_text())["selection"]["use_full_text"] is False
+    assert [r["event"] for r in read_log(out)][0] == "start"  # a fresh log
+
+
+def test_finetuned_backbone_is_saved_in_the_checkpoint(gaic, tiny_backbone_dir, tmp_path):
+    from clipcrop.predictor import ClipCrop
+
+    out = tmp_path / "ft"
+    train(
+        config(
+            gaic, tiny_backbone_dir, out, max_steps=2, mosaic=False, finetune_backbone_lr=1e-3, max_samples=4
+        )
+    )
+    assert (out / "backbone" / "config.json").is_file()
+    assert (out / "backbone" / "preprocessor_config.json").is_file()
+    assert any((out / "backbone").glob("tokenizer*")) or (out / "backbone" / "vocab.json").is_file()
+    log = [r for r in read_log(out) if r["event"] == "step"]
+    assert log[-1]["lr_backbone"] > 0
+    cc = ClipCrop.from_pretrained(out)
+    assert cc.backbone.name.endswith("backbone")
+    tuned = cc.backbone.model.state_dict()
+    original = load_file(tiny_backbone_dir / "model.safetensors")
+    key = next(k for k in original if "vision_model" in k and k.endswith("q_proj.weight"))
+    assert not torch.equal(tuned[key], original[key])
+    text_key = next(k for k in original if "text_model" in k and k.endswith("q_proj.weight"))
+    assert torch.equal(tuned[text_key], original[text_key])  # the text tower stays frozen
+    assert len(cc.crop(gaic.root / "images" / "train" / "astronaut.jpg", query="an astronaut")) >= 1
+
+
+def test_interrupted_checkpoint_swap_is_repaired(tmp_path):
+    out = tmp_path / "ck"
+    out.mkdir()
+    (out / "config.json").write_text("old")
+    (out / LOG_FILE).write_text('{"event": "step"}\n')
+    tmp = tmp_path / ".ck.tmp-7"
+    tmp.mkdir()
+    (tmp / "config.json").write_text("new")
+    (tmp / ".complete").write_text("7")
+    # crashed after moving the log into the new folder and the old folder aside
+    (out / LOG_FILE).rename(tmp / LOG_FILE)
+    out.rename(tmp_path / ".ck.old-1")
+    recover_checkpoint_dir(out)
+    assert (out / "config.json").read_text() == "new"
+    assert (out / LOG_FILE).is_file() and not (out / ".complete").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+    # an incomplete temporary folder is discarded; a normal publish keeps non-checkpoint files
+    (tmp_path / ".ck.tmp-9").mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "rng_state_1.pt").write_text("stale")
+    recover_checkpoint_dir(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    new = tmp_path / ".ck.tmp-10"
+    new.mkdir()
+    (new / "config.json").write_text("newer")
+    publish_checkpoint(new, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", LOG_FILE, "notes.txt"])
