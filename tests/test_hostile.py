@@ -236,6 +236,19 @@ def test_numpy_and_pil_sources():
     assert (loaded.width, loaded.height) == (32, 48) == loaded.image.size
 
 
+def test_error_names_stay_on_one_line():
+    """Upload names come from clients: a newline in one must not break the CLI's one error line."""
+    for case in (
+        case_by_name("png_truncated_in_idat"),
+        case_by_name("svg_renamed_jpg"),
+        case_by_name("empty"),
+    ):
+        with pytest.raises(case.expect) as info:
+            decode_bytes(case.data, name="evil\nname\r\x1b[31m.png" + "x" * 1000)
+        message = str(info.value)
+        assert not re.search("[\x00-\x1f\x7f-\x9f]", message) and len(message) < 500
+
+
 def test_text_mode_stream_is_a_type_error():
     with pytest.raises(TypeError, match="binary"):
         load_image(io.StringIO("not bytes"))

@@ -33,6 +33,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import stat
 import struct
 import warnings
@@ -217,6 +218,19 @@ def _webp_canvas_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _safe_name(name: object) -> str:
+    """A display name fit for one error line: control characters replaced, length capped."""
+    text = _UNPRINTABLE.sub("\ufffd", str(name))
+    return text if len(text) <= 200 else text[:100] + "\u2026" + text[-99:]
+
+
+def _exc_text(exc: BaseException) -> str:
+    return _safe_name(f"{type(exc).__name__}: {exc}")
+
+
 def _too_large(name: str, w: int, h: int, limits: Limits) -> ImageTooLargeError:
     return ImageTooLargeError(
         f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP, above the limit of {limits.max_pixels / 1e6:.1f} MP "
@@ -250,23 +264,26 @@ def read_bytes_limited(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS)
     safe too.  Raises UnreadableImageError (missing, folder, unreadable) or FileTooLargeError.
     """
     p = Path(path)
+    shown = _safe_name(p)
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise UnreadableImageError(f"{p}: no such file") from None
+        raise UnreadableImageError(f"{shown}: no such file") from None
     except (OSError, ValueError) as exc:  # ValueError: embedded NUL byte in the path
-        raise UnreadableImageError(f"{p}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+        raise UnreadableImageError(
+            f"{shown}: cannot read ({getattr(exc, 'strerror', None) or exc})"
+        ) from None
     if stat.S_ISDIR(st.st_mode):
-        raise UnreadableImageError(f"{p}: is a folder, not an image file")
+        raise UnreadableImageError(f"{shown}: is a folder, not an image file")
     if stat.S_ISREG(st.st_mode) and st.st_size > limits.max_file_bytes:
-        raise _file_too_large(str(p), st.st_size, limits)
+        raise _file_too_large(shown, st.st_size, limits)
     try:
         with open(p, "rb") as fh:
             data = fh.read(limits.max_file_bytes + 1)
     except OSError as exc:
-        raise UnreadableImageError(f"{p}: cannot read ({exc.strerror or exc})") from None
+        raise UnreadableImageError(f"{shown}: cannot read ({exc.strerror or exc})") from None
     if len(data) > limits.max_file_bytes:
-        raise _file_too_large(str(p), None, limits)
+        raise _file_too_large(shown, None, limits)
     return data
 
 
@@ -299,9 +316,9 @@ def load_image(
         TypeError for a source of an unsupported Python type (a programming error).
     """
     if isinstance(source, Image.Image):
-        return _from_pil(source, limits, name or "<image>", fmt=source.format)
+        return _from_pil(source, limits, _safe_name(name or "<image>"), fmt=source.format)
     if isinstance(source, np.ndarray):
-        return _from_array(source, limits, name or "<array>")
+        return _from_array(source, limits, _safe_name(name or "<array>"))
     if isinstance(source, str | os.PathLike):
         display = name or str(source)
         data = read_bytes_limited(source, limits)
@@ -309,7 +326,7 @@ def load_image(
         display = name or "<bytes>"
         data = bytes(source)
     elif hasattr(source, "read"):
-        display = name or str(getattr(source, "name", "<stream>"))
+        display = _safe_name(name or getattr(source, "name", "<stream>"))
         try:
             data = source.read(limits.max_file_bytes + 1)
         except OSError as exc:
@@ -344,6 +361,7 @@ def decode_bytes(
 
     Only :class:`~clipcrop.errors.ClipCropError` subclasses escape, whatever ``data`` holds.
     """
+    name = _safe_name(name)
     if isinstance(data, bytearray | memoryview):
         data = bytes(data)
     if not isinstance(data, bytes):
@@ -369,14 +387,16 @@ def decode_bytes(
         except ClipCropError:
             raise
         except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"{name}: too many pixels to decode safely (Pillow: {exc})") from None
+            raise ImageTooLargeError(
+                f"{name}: too many pixels to decode safely (Pillow: {_exc_text(exc)})"
+            ) from None
         except MemoryError:
             raise ImageTooLargeError(f"{name}: not enough memory to decode this image") from None
         except RecursionError:
             raise UnreadableImageError(f"{name}: corrupt image (self-referencing metadata)") from None
         except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, ...
             raise UnreadableImageError(
-                f"{name}: truncated or corrupt image data ({type(exc).__name__}: {exc})"
+                f"{name}: truncated or corrupt image data ({_exc_text(exc)})"
             ) from None
 
 
@@ -397,7 +417,7 @@ def _decode(data: bytes, limits: Limits, name: str, reduce: bool) -> LoadedImage
     except (ClipCropError, Image.DecompressionBombError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on corrupt headers
-        raise UnreadableImageError(f"{name}: corrupt image header ({type(exc).__name__}: {exc})") from None
+        raise UnreadableImageError(f"{name}: corrupt image header ({_exc_text(exc)})") from None
     fmt = img.format
     if not _format_allowed(fmt, limits):
         raise UnsupportedFormatError(f"{name}: {fmt} images are not accepted here; {_ACCEPTED_HINT}")
@@ -414,9 +434,7 @@ def _decode(data: bytes, limits: Limits, name: str, reduce: bool) -> LoadedImage
     except (ClipCropError, Image.DecompressionBombError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raise OSError, SyntaxError, ValueError...
-        raise UnreadableImageError(
-            f"{name}: truncated or corrupt image data ({type(exc).__name__}: {exc})"
-        ) from None
+        raise UnreadableImageError(f"{name}: truncated or corrupt image data ({_exc_text(exc)})") from None
     orientation = _orientation(img)  # after load: PNG's getexif() would load (and hide errors)
     if orientation in _TRANSPOSED_ORIENTATIONS:
         w, h = h, w
@@ -532,7 +550,7 @@ def _from_pil(img: Image.Image, limits: Limits, name: str, fmt: str | None) -> L
             raise ImageTooLargeError(f"{name}: not enough memory to convert this image") from None
         except Exception as exc:  # noqa: BLE001
             raise UnreadableImageError(
-                f"{name}: truncated or corrupt image data ({type(exc).__name__}: {exc})"
+                f"{name}: truncated or corrupt image data ({_exc_text(exc)})"
             ) from None
 
 
