@@ -251,6 +251,13 @@ def test_finetuned_backbone_is_saved_in_the_checkpoint(gaic, tiny_backbone_dir, 
     assert torch.equal(tuned[text_key], original[text_key])  # the text tower stays frozen
     assert len(cc.crop(gaic.root / "images" / "train" / "astronaut.jpg", query="an astronaut")) >= 1
 
+    # resuming continues the fine-tuning (and only that)
+    common = dict(max_steps=3, mosaic=False, max_samples=4, resume=True)
+    with pytest.raises(ParameterError, match="finetune-backbone-lr"):
+        train(config(gaic, tiny_backbone_dir, out, **common))
+    assert train(config(gaic, tiny_backbone_dir, out, finetune_backbone_lr=1e-3, **common)).step == 3
+    assert not torch.equal(load_file(out / "backbone" / "model.safetensors")[key], tuned[key])
+
 
 def test_interrupted_checkpoint_swap_is_repaired(tmp_path):
     out = tmp_path / "ck"

@@ -740,15 +740,21 @@ class Trainer:
         samples = self._load_samples()
         finetune = cfg.finetune_backbone_lr is not None
         backbone_source = cfg.backbone
+        # a checkpoint with its own (fine-tuned) backbone keeps it, frozen or not
+        self._save_backbone = finetune
         if state is not None and (self.out_dir / "backbone").is_dir():
+            if self._backbone is not None:
+                raise ParameterError(f"{self.out_dir} holds its own backbone; do not pass another one")
             backbone_source = str(self.out_dir / "backbone")
+            self._save_backbone = True
         backbone = self._backbone or Backbone.from_pretrained(backbone_source, device=accelerator.device)
         self.backbone = backbone
         self._image_processor = None
-        if finetune:
+        if self._save_backbone:
             from transformers import AutoImageProcessor
 
             self._image_processor = AutoImageProcessor.from_pretrained(backbone_source)
+        if finetune:
             for name in _IMAGE_SIDE_MODULES:
                 backbone.model.get_submodule(name).requires_grad_(True)
 
@@ -806,10 +812,19 @@ class Trainer:
         step = 0
         if state is not None:
             step = int(state["step"])
+            if len(state["optimizer"]["param_groups"]) != len(optimizer.param_groups):
+                raise ParameterError(
+                    f"{self.out_dir} was trained with{'out' if finetune else ''} backbone fine-tuning; "
+                    f"resume it with{'' if finetune else 'out'} --finetune-backbone-lr"
+                )
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            # load_state_dict restores the saved schedule's settings; this run's length wins
-            scheduler.lr_lambdas[0] = LRSchedule(cfg.lr_schedule, total, cfg.warmup_steps)
+            # load_state_dict restores the saved schedule's settings; this run's length wins (a
+            # longer --max-steps extends the schedule from the current step)
+            schedule = LRSchedule(cfg.lr_schedule, total, cfg.warmup_steps)
+            scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
+            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base_lr * schedule(scheduler.last_epoch)
             if state.get("scaler") is not None and accelerator.scaler is not None:
                 accelerator.scaler.load_state_dict(state["scaler"])
             self._check_resume(state, data)
@@ -1051,7 +1066,7 @@ class Trainer:
         if acc.is_main_process:
             model = acc.unwrap_model(self._net).model
             model.save_pretrained(tmp)
-            if self.config.finetune_backbone_lr is not None:
+            if self._save_backbone:
                 self.backbone.model.save_pretrained(tmp / "backbone")
                 self.backbone.tokenizer.save_pretrained(tmp / "backbone")
                 self._image_processor.save_pretrained(tmp / "backbone")
