@@ -17,7 +17,8 @@ PHOTOS = [sample_photo("astronaut.png"), sample_photo("coffee.png"), sample_phot
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    # one torch thread: on a busy 2-core machine more threads thrash on tiny models
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "clipcrop.cli", *args],
         capture_output=True,

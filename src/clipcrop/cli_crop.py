@@ -68,7 +68,7 @@ def load_predictor(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .box_ops import parse_aspect
+    from .aspect import parse_aspect
     from .errors import ClipCropError, ParameterError
     from .inputs import expand_inputs
     from .validation import validate_query, validate_top_k

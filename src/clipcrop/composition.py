@@ -74,7 +74,7 @@ def generate_candidates(
                 out.append([x0, y0, x0 + cw, y0 + ch])
     boxes = np.asarray(out, dtype=np.float64)
     if ratio is not None:
-        from .box_ops import fit_aspect
+        from .aspect import fit_aspect
 
         boxes[0] = fit_aspect(boxes[0], ratio, width, height)
     boxes /= np.array([width, height, width, height], dtype=np.float64)
