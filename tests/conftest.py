@@ -70,6 +70,14 @@ def tiny_free_cc(tiny_backbone_dir):
     return ClipCrop.from_pretrained(tiny_backbone_dir)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models on a busy 2-core machine: more than one intra-op thread only thrashes."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Tests never reach the network."""

@@ -145,6 +145,8 @@ def test_help_does_not_import_torch():
         "import sys; from clipcrop.cli import main\n"
         "try:\n    main(['crop', '--help'])\nexcept SystemExit: pass\n"
         "try:\n    main(['crop', 'x.jpg', '--top-k', 'zz'])\nexcept SystemExit: pass\n"
+        "assert main(['crop', 'x.jpg', '--query', '  ']) == 1\n"
+        "assert main(['crop', 'x.jpg', '--aspect', '0:1']) == 1\n"
         "bad = [m for m in ('torch', 'transformers', 'spacy') if m in sys.modules]\n"
         "assert not bad, bad"
     )
