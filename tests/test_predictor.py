@@ -294,3 +294,13 @@ def test_unreachable_hub_is_named_in_the_error(tmp_path, monkeypatch):
         importlib.reload(hub_constants)
     message = str(info.value)
     assert "could not be reached" in message and "--model" in message
+
+
+def test_limits_from_env(monkeypatch):
+    monkeypatch.setenv("CLIPCROP_MAX_MEGAPIXELS", "2.5")
+    monkeypatch.setenv("CLIPCROP_MAX_TOP_K", "3")
+    limits = Limits.from_env(max_query_chars=20)
+    assert (limits.max_pixels, limits.max_top_k, limits.max_query_chars) == (2_500_000, 3, 20)
+    monkeypatch.setenv("CLIPCROP_MAX_QUEUE", "lots")
+    with pytest.raises(ParameterError, match="CLIPCROP_MAX_QUEUE"):
+        Limits.from_env()

@@ -46,6 +46,7 @@ class Limits:
         "max_pixels": ("CLIPCROP_MAX_MEGAPIXELS", lambda v: int(float(v) * 1_000_000)),
         "max_file_bytes": ("CLIPCROP_MAX_UPLOAD_MB", lambda v: int(float(v) * 1024 * 1024)),
         "max_query_chars": ("CLIPCROP_MAX_QUERY_CHARS", int),
+        "max_top_k": ("CLIPCROP_MAX_TOP_K", int),
         "decode_max_side": ("CLIPCROP_DECODE_MAX_SIDE", int),
         "request_timeout_s": ("CLIPCROP_REQUEST_TIMEOUT_S", float),
         "max_concurrency": ("CLIPCROP_MAX_CONCURRENCY", int),
@@ -58,7 +59,12 @@ class Limits:
         values: dict[str, object] = {}
         for name, (var, conv) in cls._ENV.items():
             if os.environ.get(var):
-                values[name] = conv(os.environ[var])
+                try:
+                    values[name] = conv(os.environ[var])
+                except ValueError:
+                    from .errors import ParameterError
+
+                    raise ParameterError(f"{var}={os.environ[var]!r} is not a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
