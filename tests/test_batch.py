@@ -1,0 +1,310 @@
+"""``clipcrop batch`` on Ray Data: real photos, manifests, kill -9 and resume, parity with ``crop --json``.
+
+One local Ray session is shared by the in-process runs (module scope); the CLI runs either join it
+(``--ray-address``) or, for the interruption test, start their own local Ray as a user's run does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import sample_photo
+from PIL import Image
+
+pytest.importorskip("ray.data")
+
+from clipcrop.batch import BatchConfig, run_batch  # noqa: E402
+
+PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png"]
+
+
+def cli_env(**extra: str) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
+
+
+def read_results(path: Path) -> list[dict]:
+    data = path.read_text(encoding="utf-8")
+    assert data == "" or data.endswith("\n"), "results file ends in a partial line"
+    return [json.loads(line) for line in data.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("batch-photos")
+    (d / "more").mkdir()
+    for i, name in enumerate(PHOTOS):
+        shutil.copy(sample_photo(name), (d / "more" if i % 2 else d) / name)
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    (d / "readme.txt").write_text("not an image, not an input")
+    return d
+
+
+def assert_same_crops(got: dict, want: dict) -> None:
+    assert (got["image"], got["width"], got["height"], got["query"]) == (
+        want["image"],
+        want["width"],
+        want["height"],
+        want["query"],
+    )
+    assert got["error"] is None and want["error"] is None
+    assert [c["box"] for c in got["crops"]] == [c["box"] for c in want["crops"]]
+    assert [c["score"] for c in got["crops"]] == pytest.approx([c["score"] for c in want["crops"]], abs=1e-4)
+
+
+def test_worker_keeps_names_opens_paths_and_caches_conditions(tiny_backbone_dir, tmp_path):
+    """The Ray UDF on its own: names vs. paths, per-input errors, conditions prepared once."""
+    import numpy as np
+
+    from clipcrop.batch import CropWorker
+    from clipcrop.limits import Limits
+
+    shutil.copy(sample_photo("astronaut.png"), tmp_path / "a.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    worker = CropWorker(str(tiny_backbone_dir), "cpu", "fp32", None, Limits(), 3, None)
+    prepared = []
+    real_prepare = worker.cc.prepare_condition
+    worker.cc.prepare_condition = lambda *a: prepared.append(a) or real_prepare(*a)
+    items = [
+        ("shown/a.png", "a woman", None),
+        ("shown/c.png", None, "shown/a.png"),
+        ("shown/broken.jpg", "x", None),
+    ]
+    paths = [(str(tmp_path / "a.png"), None), (str(tmp_path / "a.png"), str(tmp_path / "a.png"))]
+    paths.append((str(tmp_path / "broken.jpg"), None))
+    for _ in range(2):
+        out = worker.crop_items(items, paths)
+        assert [d["image"] for d in out] == ["shown/a.png", "shown/c.png", "shown/broken.jpg"]
+        assert out[0]["error"] is None and len(out[0]["crops"]) == 3 and out[0]["query"] == "a woman"
+        assert out[1]["image_query"] == "shown/a.png" and out[1]["query"] is None and out[1]["crops"]
+        assert out[2]["crops"] == [] and out[2]["error"].startswith("shown/broken.jpg")
+    assert len(prepared) == 3  # once per condition, not once per input
+    batch = {
+        "item": np.array([json.dumps(list(it)) for it in items], dtype=object),
+        "paths": np.array([json.dumps(list(p)) for p in paths], dtype=object),
+    }
+    rows = worker(batch)
+    assert list(rows["failed"]) == [False, False, True]
+    assert [json.loads(k) for k in rows["key"]] == [list(it) for it in items]
+    assert [json.loads(x) for x in rows["line"]] == out
+
+
+def test_folder_run_matches_one_by_one_crops(ray_session, photo_dir, tiny_clipcrop_dir, tiny_cc, tmp_path):
+    out = tmp_path / "results.jsonl"
+    config = BatchConfig(
+        input=str(photo_dir),
+        out=str(out),
+        query="a cat on a sofa",
+        model=str(tiny_clipcrop_dir),
+        batch_size=2,
+    )
+    summary = run_batch(config)
+    lines = read_results(out)
+    images = sorted(str(p) for p in photo_dir.rglob("*") if p.suffix in (".png", ".jpg"))
+    assert Counter(d["image"] for d in lines) == Counter(images)  # every input exactly once
+    assert (summary.done, summary.failed, summary.skipped, summary.exit_code) == (len(PHOTOS), 1, 0, 1)
+    assert summary.images_per_s > 0
+    by_image = {d["image"]: d for d in lines}
+    broken = by_image.pop(str(photo_dir / "broken.jpg"))
+    assert broken["crops"] == [] and "broken.jpg" in broken["error"] and broken["query"] == "a cat on a sofa"
+    for image, got in by_image.items():
+        assert_same_crops(got, tiny_cc.crop(image, query="a cat on a sofa").to_dict())
+
+    # a second run finds everything done: nothing recomputed, same exit status
+    again = run_batch(config)
+    assert (again.done, again.failed, again.skipped, again.skipped_failed) == (0, 0, len(images), 1)
+    assert again.exit_code == 1 and read_results(out) == lines
+
+
+def test_manifest_with_queries_relative_paths_and_image_query(
+    ray_session, tiny_backbone_dir, tiny_free_cc, tmp_path
+):
+    jobs = tmp_path / "jobs"
+    (jobs / "img").mkdir(parents=True)
+    shutil.copy(sample_photo("astronaut.png"), jobs / "img" / "astronaut.png")
+    shutil.copy(sample_photo("coffee.png"), jobs / "img" / "coffee.png")
+    chelsea = sample_photo("chelsea.png")  # absolute path, outside the manifest's folder
+    manifest = jobs / "manifest.jsonl"
+    rows = [
+        {"image": "img/astronaut.png", "query": "a woman in a space suit"},
+        {"image": "img/astronaut.png", "query": "a flag"},  # same image, another query: another input
+        {"image": "img/coffee.png"},  # no query: --query applies
+        {"image": str(chelsea), "image_query": "img/coffee.png"},
+        {"image": "img/missing.png", "query": "anything"},
+        {"image": "img/coffee.png", "query": "a cup", "image_query": "img/astronaut.png"},
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    out = tmp_path / "out" / "results.jsonl"  # its folder is created
+    summary = run_batch(
+        BatchConfig(input=str(manifest), out=str(out), query="a cup of coffee", model=str(tiny_backbone_dir))
+    )
+    lines = read_results(out)
+    assert len(lines) == 7 and summary.done == 4 and summary.failed == 3 and summary.exit_code == 1
+    got = {(d["image"], d["query"], d.get("image_query")): d for d in lines}
+    astro, coffee = str(jobs / "img" / "astronaut.png"), str(jobs / "img" / "coffee.png")
+    expected_ok = [
+        ((astro, "a woman in a space suit", None), {"query": "a woman in a space suit"}),
+        ((astro, "a flag", None), {"query": "a flag"}),
+        ((coffee, "a cup of coffee", None), {"query": "a cup of coffee"}),
+        ((str(chelsea), None, coffee), {"image_query": coffee}),
+    ]
+    for key, kwargs in expected_ok:
+        assert_same_crops(got[key], tiny_free_cc.crop(key[0], **kwargs).to_dict())
+    assert "no such file" in got[(str(jobs / "img" / "missing.png"), "anything", None)]["error"]
+    errors = sorted(d["error"] for d in lines if d["error"])
+    assert any("not both" in e for e in errors) and any("not valid JSON" in e for e in errors)
+
+
+def test_batch_cli_equals_crop_json(ray_session, photo_dir, tiny_backbone_dir, tmp_path):
+    common = ["--query", "a rocket", "--model", str(tiny_backbone_dir)]
+    crop = subprocess.run(
+        [sys.executable, "-m", "clipcrop.cli", "crop", str(photo_dir), "--json", "--quiet", *common],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=300,
+    )
+    assert crop.returncode == 1, crop.stderr  # broken.jpg
+    out = tmp_path / "results.jsonl"
+    batch = subprocess.run(
+        [sys.executable, "-m", "clipcrop.cli", "batch", str(photo_dir), "--out", str(out), *common]
+        + ["--ray-address", ray_session, "--batch-size", "3"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=300,
+    )
+    assert batch.returncode == 1, batch.stderr
+    assert batch.stdout == ""  # results go to the file, Ray's noise to stderr
+    assert "5 done, 1 failed, 0 skipped" in batch.stderr and "images/s" in batch.stderr
+    assert "Traceback" not in batch.stderr
+    want = {d["image"]: d for d in map(json.loads, crop.stdout.splitlines())}
+    got = {d["image"]: d for d in read_results(out)}
+    assert set(got) == set(want) and len(got) == len(read_results(out))
+    for image, d in want.items():
+        if d["error"]:
+            assert got[image]["error"] == d["error"] and got[image]["crops"] == []
+        else:
+            assert_same_crops(got[image], d)
+
+
+def test_batch_cli_usage_errors(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipcrop.cli",
+            "batch",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "r.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
+    assert r.returncode == 1 and "no such file or folder" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_killed_runs_resume_to_exactly_once(tiny_backbone_dir, tmp_path):
+    """SIGKILL the command at random points (start-up, mid-run, mid-write), re-run until it finishes."""
+    seed = int(os.environ.get("CLIPCROP_TEST_SEED", time.time_ns() % 100_000))
+    rng = random.Random(seed)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    base = Image.open(sample_photo("chelsea.png")).convert("RGB").resize((120, 80))
+    n = 44
+    for i in range(n):
+        base.rotate(i * 7.5).save(folder / f"img_{i:03d}.jpg", quality=85)
+    out, trace = tmp_path / "results.jsonl", tmp_path / "processed.jsonl"
+    cmd = [sys.executable, "-m", "clipcrop.cli", "batch", str(folder), "--out", str(out)]
+    cmd += ["--query", "a cat", "--model", str(tiny_backbone_dir), "--batch-size", "1"]
+    env = cli_env(CLIPCROP_BATCH_TRACE=str(trace))
+
+    def count_lines() -> int:
+        return out.read_bytes().count(b"\n") if out.exists() else 0
+
+    started: list[subprocess.Popen] = []
+    kills, final = [], None
+    try:
+        for attempt in range(8):
+            before = count_lines()
+            log = open(tmp_path / f"run{attempt}.log", "w")  # noqa: SIM115
+            p = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
+            started.append(p)
+            t0 = time.monotonic()
+            if len(kills) == 0:  # during Ray/model start-up or the first images
+                when, grow = rng.uniform(0.5, 6.0), None
+            elif len(kills) < 3:  # after the results grew, then a random short moment
+                # two blocks of 4 or more: what the previous kill lost is written by then (the
+                # first two tasks of a Ray actor may run in either order)
+                when, grow = rng.uniform(0.0, 0.4), rng.randint(8, 11)
+            else:
+                when, grow = None, None
+            grown_at = None
+            while p.poll() is None and time.monotonic() - t0 < 240:
+                if grow is not None and grown_at is None and count_lines() >= before + grow:
+                    grown_at = time.monotonic()
+                deadline = (t0 if grow is None else grown_at) if when is not None else None
+                if deadline is not None and time.monotonic() - deadline >= when:
+                    # the driver alone (as `kill -9 PID`) once, its whole process group otherwise
+                    if len(kills) == 1:
+                        os.kill(p.pid, signal.SIGKILL)
+                    else:
+                        os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                    kills.append((attempt, before, count_lines(), round(time.time(), 3)))
+                    break
+                time.sleep(0.01)
+            else:
+                log.close()
+                if p.poll() is None:
+                    pytest.fail(f"run {attempt} hung (seed {seed})")
+                final = (p.returncode, (tmp_path / f"run{attempt}.log").read_text(), before)
+                break
+            log.close()
+    finally:
+        for p in started:  # ray processes of killed runs (same session as their driver)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    context = f"seed {seed}, kills (run, lines before, lines after, time) {kills}"
+    assert final is not None, context
+    rc, log_text, before_final = final
+    assert rc == 0, f"{context}\n{log_text}"
+    assert len(kills) >= 3, context
+    lines = read_results(out)  # every line valid JSON, no partial line
+    counts = Counter(d["image"] for d in lines)
+    assert counts == Counter(str(folder / f"img_{i:03d}.jpg") for i in range(n)), context
+    assert all(d["error"] is None and d["query"] == "a cat" and d["crops"] for d in lines)
+    assert f"{before_final} skipped" in log_text, log_text
+    trace_rows = [json.loads(line) for line in trace.read_text().splitlines()]  # image, query, -, pid, time
+    processed = Counter(row[0] for row in trace_rows)
+    assert set(processed) == set(counts), context
+    over = {Path(r[0]).name: r[3:] for r in trace_rows if processed[r[0]] > 2}
+    assert max(processed.values()) <= 2, f"{context}: {processed.most_common(5)} {over}"
+    assert sum(processed.values()) - n <= 4 * len(kills), f"{context}: {sum(processed.values())} processed"

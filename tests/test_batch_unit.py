@@ -1,0 +1,243 @@
+"""The pure parts of ``clipcrop batch``: manifests, resume bookkeeping, torn-line repair (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from clipcrop.batch import (
+    BatchItem,
+    BatchSummary,
+    ResultsWriter,
+    collect_items,
+    plan_batch,
+    read_manifest,
+    repair_results,
+)
+from clipcrop.errors import ParameterError
+from clipcrop.limits import Limits
+
+LIMITS = Limits()
+
+
+def ok_line(image: str, query: str | None = "a cat", **extra) -> dict:
+    return {"image": image, "width": 4, "height": 3, "query": query, "crops": [], "error": None, **extra}
+
+
+def write_lines(path: Path, objects: list[dict], tail: bytes = b"") -> None:
+    path.write_bytes(b"".join(json.dumps(o).encode() + b"\n" for o in objects) + tail)
+
+
+def test_manifest_paths_queries_and_bad_lines(tmp_path):
+    sub = tmp_path / "m"
+    sub.mkdir()
+    manifest = sub / "jobs.jsonl"
+    lines = [
+        json.dumps({"image": "a.jpg", "query": "  a   red car "}),
+        json.dumps({"image": "/abs/b.png"}),
+        "",
+        json.dumps({"image": "c.jpg", "image_query": "ref/dog.jpg"}),
+        "{not json",
+        json.dumps({"query": "no image"}),
+        json.dumps({"image": "d.jpg", "query": "x", "image_query": "ref/dog.jpg"}),
+        json.dumps({"image": "e.jpg", "query": "   "}),
+        json.dumps({"image": "f.jpg", "query": None}),
+    ]
+    manifest.write_text("\n".join(lines) + "\n")
+    items = read_manifest(manifest, "the default", LIMITS)
+    assert len(items) == 8  # the blank line is ignored, every other line gives exactly one item
+    a, b, c, bad_json, no_image, both, empty, default = items
+    assert a == BatchItem(str(sub / "a.jpg"), "a red car", None)  # relative to the manifest, query cleaned
+    assert b == BatchItem("/abs/b.png", "the default", None)  # absolute path kept; default query
+    assert c == BatchItem(
+        str(sub / "c.jpg"), None, str(sub / "ref" / "dog.jpg")
+    )  # no default with image_query
+    assert bad_json.error and f"{manifest}:5" in bad_json.error and bad_json.image == f"{manifest}:5"
+    assert no_image.error and '"image"' in no_image.error
+    assert both.error and "not both" in both.error
+    assert empty.error and "empty" in empty.error
+    assert default.query == "the default" and default.error is None
+    assert {it.key for it in items if it.error is None} == {a.key, b.key, c.key, default.key}
+
+
+def test_manifest_relative_to_cwd_when_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("m.jsonl").write_text(json.dumps({"image": "x.png", "query": "q"}) + "\n")
+    (item,) = read_manifest("m.jsonl", None, LIMITS)
+    assert item.image == "x.png"
+
+
+def test_collect_items_folder_and_bad_inputs(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.png", "a.jpg", "sub/c.webp", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    items = collect_items(tmp_path, "a dog", LIMITS)
+    assert [Path(it.image).relative_to(tmp_path).as_posix() for it in items] == [
+        "a.jpg",
+        "b.png",
+        "sub/c.webp",
+    ]
+    assert all(it.query == "a dog" and it.error is None for it in items)
+    with pytest.raises(ParameterError, match="no such file"):
+        collect_items(tmp_path / "missing", None, LIMITS)
+    with pytest.raises(ParameterError, match="not a folder"):
+        collect_items(tmp_path / "notes.txt", None, LIMITS)
+
+
+def test_torn_last_line_is_cut_away(tmp_path):
+    results = tmp_path / "r.jsonl"
+    good = [ok_line("a.png"), ok_line("b.png")]
+    torn = json.dumps(ok_line("c.png")).encode()[:37]
+    write_lines(results, good, tail=torn)
+    state = repair_results(results)
+    assert state.torn_bytes == len(torn) and state.dropped_lines == 0
+    assert results.read_bytes() == b"".join(json.dumps(o).encode() + b"\n" for o in good)
+    assert state.done == {("a.png", "a cat", None), ("b.png", "a cat", None)}
+    # appending after the repair gives a file of whole valid lines
+    with ResultsWriter(results) as w:
+        w.append([ok_line("c.png")])
+    assert [json.loads(line)["image"] for line in results.read_text().splitlines()] == [
+        "a.png",
+        "b.png",
+        "c.png",
+    ]
+
+
+def test_line_missing_only_its_newline_is_kept(tmp_path):
+    results = tmp_path / "r.jsonl"
+    write_lines(results, [ok_line("a.png")], tail=json.dumps(ok_line("b.png")).encode())
+    state = repair_results(results)
+    assert state.completed_tail and state.torn_bytes == 0
+    assert results.read_text().endswith("\n") and len(results.read_text().splitlines()) == 2
+    assert ("b.png", "a cat", None) in state.done
+
+
+def test_invalid_complete_lines_are_dropped_atomically(tmp_path):
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(
+        json.dumps(ok_line("a.png")).encode()
+        + b"\n"
+        + b"\x00\x00garbage\n"
+        + b"[1, 2]\n"
+        + json.dumps(ok_line("b.png", query=None)).encode()
+        + b"\n"
+    )
+    state = repair_results(results)
+    assert state.dropped_lines == 2 and state.lines == 2
+    assert [json.loads(x)["image"] for x in results.read_text().splitlines()] == ["a.png", "b.png"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_results_file_is_an_empty_state(tmp_path):
+    state = repair_results(tmp_path / "none.jsonl")
+    assert state.done == set() and state.lines == 0
+    assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_resume_plan_skips_done_and_failed_inputs(tmp_path):
+    results = tmp_path / "r.jsonl"
+    items = [BatchItem(f"{i}.png", "a cat") for i in range(5)]
+    items += [BatchItem("0.png", "a dog"), BatchItem("0.png", None, "ref.png"), BatchItem("1.png", "a cat")]
+    failed = {**ok_line("2.png"), "width": None, "height": None, "error": "2.png: broken"}
+    write_lines(
+        results,
+        [ok_line("0.png"), failed, ok_line("0.png", query=None, image_query="ref.png"), ok_line("zz.png")],
+        tail=b'{"image": "3.png", "wid',
+    )
+    plan = plan_batch(items, results)
+    assert plan.duplicates == 1  # 1.png / a cat twice
+    assert plan.skipped == 3 and plan.skipped_failed == 1
+    assert [it.key for it in plan.pending] == [
+        ("1.png", "a cat", None),
+        ("3.png", "a cat", None),  # its torn line does not count
+        ("4.png", "a cat", None),
+        ("0.png", "a dog", None),  # same image, another query: another input
+    ]
+    assert plan.state.torn_bytes > 0
+
+
+def test_writer_appends_whole_lines(tmp_path):
+    path = tmp_path / "deep" / "r.jsonl"
+    with ResultsWriter(path) as w:
+        w.append([ok_line("a.png"), ok_line("ü.png")])
+        w.append([])
+    with ResultsWriter(path) as w:
+        w.append([ok_line("b.png")])
+    data = path.read_bytes()
+    assert data.endswith(b"\n") and [json.loads(x)["image"] for x in data.splitlines()] == [
+        "a.png",
+        "ü.png",
+        "b.png",
+    ]
+    assert os.stat(path).st_size == len(data)
+
+
+def test_summary_exit_code_and_line():
+    s = BatchSummary(total=10, done=7, failed=0, skipped=3, skipped_failed=1, seconds=2.0, out="r.jsonl")
+    assert s.exit_code == 1  # an earlier run's failure still makes the job fail
+    assert BatchSummary(total=3, done=3, seconds=1.0).exit_code == 0
+    line = s.line()
+    for word in ("7 done", "0 failed", "3 skipped", "images/s", "3.50"):
+        assert word in line
+
+
+def test_one_job_per_results_file(tmp_path):
+    from clipcrop.batch import BatchConfig, _lock_results, run_batch
+    from clipcrop.errors import ClipCropError
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"x")
+    out = tmp_path / "r.jsonl"
+    fd = _lock_results(out)  # as a running job holds it
+    try:
+        with pytest.raises(ClipCropError, match="another clipcrop batch job"):
+            run_batch(BatchConfig(input=str(tmp_path / "photos"), out=str(out)))
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == b""
+
+
+def test_fail_fast_on_a_local_model_that_cannot_be(tmp_path):
+    from clipcrop.batch import BatchConfig, run_batch
+    from clipcrop.errors import ModelLoadError
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    for model, message in [(tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no config.json")]:
+        with pytest.raises(ModelLoadError, match=message):
+            run_batch(
+                BatchConfig(input=str(tmp_path / "photos"), out=str(tmp_path / "r.jsonl"), model=str(model))
+            )
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_worker_errors_reported_as_their_message():
+    from clipcrop.batch import _explain_ray_failure
+
+    text = (
+        "ActorDiedError: ...\nTraceback (most recent call last):\n  File x\n"
+        "clipcrop.errors.ModelLoadError: cannot load 'org/x': not in the local cache\n"
+    )
+    assert _explain_ray_failure(RuntimeError(text)) == "cannot load 'org/x': not in the local cache"
+    assert _explain_ray_failure(RuntimeError("boom\nlast words")) == "the batch job failed in Ray: last words"
+
+
+def test_pid_alive_sees_dead_and_zombie_drivers():
+    import subprocess
+    import sys
+    import time
+
+    from clipcrop.batch import _pid_alive
+
+    assert _pid_alive(os.getpid())
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while _pid_alive(p.pid) and time.monotonic() < deadline:  # exited, not yet reaped: a zombie
+        time.sleep(0.05)
+    assert not _pid_alive(p.pid)
+    p.wait()
+    assert not _pid_alive(p.pid)
