@@ -235,6 +235,11 @@ class WorkQueue:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    @property
+    def full(self) -> bool:
+        """True when a new job would be refused (every slot running and the queue full)."""
+        return self.running >= self.max_running and len(self._waiters) >= self.max_waiting
+
     async def _acquire(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         with self._lock:
@@ -352,6 +357,10 @@ class _Guard:
         svc = self.service
         if svc.api_key is not None and not _is_open(scope) and not svc.authorized(scope):
             await self._reject(send, UnauthorizedError("missing or wrong API key"))
+            return
+        if scope.get("method") == "POST" and scope.get("path", "").startswith("/v1/") and svc.queue.full:
+            # shed load before reading the body: a full queue must not pile up buffered uploads
+            await self._reject(send, QueueFullError("work queue full; retry later"))
             return
         max_body = svc.max_body_bytes
         length = _header(scope, b"content-length")
