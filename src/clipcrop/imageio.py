@@ -427,7 +427,10 @@ def _decode(data: bytes, limits: Limits, name: str, reduce: bool) -> LoadedImage
     if fmt == "TIFF":
         _check_tiff_tiles(img, name, w, h, limits)
     if reduce and fmt in ("JPEG", "MPO") and max(w, h) > limits.decode_max_side:
-        scale = limits.decode_max_side / max(w, h)
+        # draft() picks the strongest 1/2, 1/4, 1/8 reduction that stays >= the size asked for;
+        # asking for half the limit lands the long side in [limit/2, limit): a 40 MP photo then
+        # costs less to decode than a 4 MP one, and still has more pixels than the backbone uses
+        scale = limits.decode_max_side / 2 / max(w, h)
         img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
     try:
         img.load()  # first frame only: animated files are never seeked further

@@ -25,8 +25,9 @@ class Limits:
         max_query_chars: longest text query, in characters after stripping.
         max_top_k: largest ``top_k`` (``None`` means the model's number of crops M).
         allowed_formats: Pillow format names that may be decoded.
-        decode_max_side: images are reduced while decoding (JPEG draft / reduce) so that their
-            longer side is about this size; the backbone sees 768 px, so decoding 40 MP is waste.
+        decode_max_side: images are reduced while decoding so that their longer side is below
+            this size (JPEG draft: between half of it and it; other formats: an integer reduce
+            once above twice it); the backbone sees 768-960 px, so decoding 40 MP is waste.
         request_timeout_s: service: longest time a request may wait and run.
         max_concurrency: service: requests processed at once.
         max_queue: service: requests allowed to wait; past it the answer is 429.
