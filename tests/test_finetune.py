@@ -1,0 +1,381 @@
+"""Backbone fine-tuning (``clipcrop finetune-backbone``) on a few synthetic shapes scenes, tiny OWL-ViT."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_DECODER
+from safetensors.torch import load_file
+
+from clipcrop.backbone import Backbone
+from clipcrop.errors import DatasetError, ParameterError
+from clipcrop.finetune import (
+    HEAD_PRIOR_PROB,
+    LOG_FILE,
+    STATE_FILE,
+    DetectionLoss,
+    FinetuneConfig,
+    class_key,
+    finetune_backbone,
+    heads_saturated,
+    init_detection_heads,
+    load_detection_manifest,
+    sigmoid_focal_loss,
+    top1_box_iou,
+)
+from clipcrop.matcher import HungarianMatcher
+from clipcrop.shapes import describe, gaic_annotation, make_scene
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on shared cores: one intra-op thread is faster and deterministic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory):
+    """Eight shapes scenes: images, a detection manifest, and a GAIC-format copy."""
+    root = tmp_path_factory.mktemp("shapes")
+    (root / "img").mkdir()
+    lines = []
+    captions = {}
+    for split in ("train", "test"):
+        (root / "gaic" / "images" / split).mkdir(parents=True)
+        (root / "gaic" / "annotations" / split).mkdir(parents=True)
+    for i in range(8):
+        scene = make_scene(i, seed=5)
+        scene.image.save(root / "img" / f"s{i}.png")
+        objects = [
+            {"box": list(o.box), "text": o.text("a" if k % 2 else "the")} for k, o in enumerate(scene.objects)
+        ]
+        lines.append(json.dumps({"image": f"img/s{i}.png", "objects": objects}))
+        split = "train" if i < 6 else "test"
+        scene.image.save(root / "gaic" / "images" / split / f"s{i}.jpg")
+        boxes, mos = gaic_annotation(scene, [0], np.random.default_rng(i), n_best=6, n_rest=10)
+        rows = [
+            f"{b[1]:.0f} {b[0]:.0f} {b[3]:.0f} {b[2]:.0f} {m:.2f}" for b, m in zip(boxes, mos, strict=True)
+        ]
+        (root / "gaic" / "annotations" / split / f"s{i}.txt").write_text("\n".join(rows) + "\n")
+        captions.setdefault(split, {})[f"s{i}.jpg"] = describe(scene, [0])
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "text").mkdir()
+    for split, name in (("train", "train"), ("test", "test")):
+        (root / "text" / f"{name}.json").write_text(json.dumps(captions[split]))
+    (root / "text" / "valid.json").write_text("{}")
+    return root
+
+
+def cfg(scenes_dir, backbone, out, **changes) -> FinetuneConfig:
+    base = dict(
+        data=str(scenes_dir / "train.jsonl"),
+        backbone=str(backbone),
+        out_dir=str(out),
+        batch_size=4,
+        lr=2e-3,
+        warmup_steps=5,
+        device="cpu",
+        progress=False,
+    )
+    base.update(changes)
+    return FinetuneConfig(**base)
+
+
+def read_log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_class_key_merges_articles_and_case():
+    assert (
+        class_key("A Red  Circle") == class_key("the red circle") == class_key("red circle") == "red circle"
+    )
+    assert class_key("an apple") == "apple"
+    assert class_key("theatre") == "theatre"
+
+
+def test_manifest_is_read_relative_to_its_folder(scenes_dir):
+    samples = load_detection_manifest(scenes_dir / "train.jsonl")
+    assert len(samples) == 8
+    s = samples[0]
+    assert s.image_path.is_file() and (s.width, s.height) == (384, 384)
+    assert s.boxes_xyxy_px.shape == (len(s.texts), 4)
+    assert all(t.endswith(("circle", "square", "triangle", "star", "ring")) for t in s.texts)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"objects": []}', "expected"),
+        ('{"image": "img/s0.png", "objects": [{"box": [1, 2, 3], "text": "x"}]}', "4 numbers"),
+        ('{"image": "img/s0.png", "objects": [{"box": [10, 10, 5, 20], "text": "x"}]}', "empty"),
+        ('{"image": "img/s0.png", "objects": [{"box": [0, 0, 999, 20], "text": "x"}]}', "outside"),
+        ('{"image": "img/s0.png", "objects": [{"box": [0, 0, 9, 20], "text": " "}]}', "text"),
+        ('{"image": "img/missing.png", "objects": []}', "not found"),
+    ],
+)
+def test_manifest_errors_name_the_line(scenes_dir, tmp_path, line, message):
+    manifest = scenes_dir / f"bad_{abs(hash(line))}.jsonl"
+    manifest.write_text('{"image": "img/s1.png", "objects": []}\n' + line + "\n")
+    with pytest.raises(DatasetError, match=message) as info:
+        load_detection_manifest(manifest)
+    assert f"{manifest.name}:2" in str(info.value)
+    with pytest.raises(DatasetError, match="not found"):
+        load_detection_manifest(tmp_path / "nope.jsonl")
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_focal_loss_matches_its_formula():
+    logits = torch.tensor([2.0, -1.0, 0.5])
+    targets = torch.tensor([1.0, 0.0, 0.0])
+    p = torch.sigmoid(logits)
+    expected = torch.stack(
+        [
+            -0.25 * (1 - p[0]) ** 2 * torch.log(p[0]),
+            -0.75 * p[1] ** 2 * torch.log(1 - p[1]),
+            -0.75 * p[2] ** 2 * torch.log(1 - p[2]),
+        ]
+    )
+    torch.testing.assert_close(sigmoid_focal_loss(logits, targets, 0.25, 2.0), expected)
+
+
+class SpyMatcher(HungarianMatcher):
+    def __init__(self):
+        super().__init__(2.0, 5.0, 2.0)
+        self.calls = []
+
+    def forward(self, outputs, targets):
+        self.calls.append((outputs, targets))
+        return super().forward(outputs, targets)
+
+
+def test_loss_matches_tokens_to_objects_with_the_class_aware_matcher():
+    # tokens 0 and 1 have the object's exact box; only token 1 is confident about its class (0)
+    box = [0.2, 0.2, 0.6, 0.6]
+    boxes = torch.tensor([[box, box, [0.7, 0.7, 0.9, 0.9]]])
+    logits = torch.tensor([[[-5.0, 3.0], [3.0, -5.0], [-5.0, -5.0]]])
+    target = {
+        "boxes": torch.tensor([[0.4, 0.4, 0.4, 0.4]]),  # cxcywh of `box`
+        "labels": torch.tensor([0]),
+        "classes": torch.tensor([[True, False]]),
+    }
+    spy = SpyMatcher()
+    loss = DetectionLoss(spy, {"loss_focal": 2.0, "loss_l1": 5.0, "loss_giou": 2.0})
+    out = loss(logits, boxes, [target])
+    outputs, targets = spy.calls[0]
+    assert outputs["pred_class_logits"] is logits and torch.equal(targets[0]["labels"], torch.tensor([0]))
+    assert float(out["loss_l1"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(out["loss_giou"]) == pytest.approx(0.0, abs=1e-6)
+    # token 1 was matched (class cost decided between two perfect boxes): its target is 1 for
+    # class 0, everything else 0; so the focal loss is small. Matching token 0 would make it large.
+    expected = sigmoid_focal_loss(
+        logits, torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]]), 0.25, 2.0
+    ).sum()
+    assert float(out["loss_focal"]) == pytest.approx(float(expected), rel=1e-5)
+    total = loss.total(out)
+    assert float(total) == pytest.approx(2.0 * float(out["loss_focal"]), rel=1e-5)
+
+
+def test_loss_without_objects_is_finite_and_differentiable():
+    boxes = torch.rand(2, 5, 4).sort(dim=-1).values.requires_grad_(True)
+    logits = torch.randn(2, 5, 3, requires_grad=True)
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "classes": torch.zeros(0, 3, dtype=torch.bool),
+    }
+    out = DetectionLoss(HungarianMatcher(), {"loss_focal": 1.0, "loss_l1": 1.0, "loss_giou": 1.0})(
+        logits, boxes, [empty, empty]
+    )
+    total = out["loss_focal"] + out["loss_l1"] + out["loss_giou"]
+    assert math.isfinite(float(total.detach()))
+    total.backward()
+    assert logits.grad is not None
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def test_random_heads_saturate_and_fresh_heads_do_not(tiny_backbone_dir):
+    bb = Backbone.from_pretrained(tiny_backbone_dir)
+    pixels = torch.randn(2, 3, bb.preprocessing.size, bb.preprocessing.size)
+    assert heads_saturated(bb.model, pixels)  # transformers' default init: boxes cannot learn
+    init_detection_heads(bb.model)
+    assert not heads_saturated(bb.model, pixels)
+    feats = bb.encode(pixels)
+    probs = torch.sigmoid(feats.logits(torch.randn(4, feats.class_embeds.shape[-1])))
+    # logits = (cosine - shift) * 5 start around the focal-loss prior, whatever the query
+    assert float(probs.max()) < 0.3 and float(probs.median()) == pytest.approx(HEAD_PRIOR_PROB, rel=0.5)
+    # every token starts at its own patch (OWL-ViT's box prior)
+    widths = feats.boxes[..., 2] - feats.boxes[..., 0]
+    side = bb.preprocessing.size // bb.model.config.vision_config.patch_size
+    torch.testing.assert_close(widths.median(), torch.tensor(1.0 / side), atol=0.02, rtol=0)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def finetuned(scenes_dir, tiny_backbone_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "owlvit-shapes"
+    result = finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, out, max_steps=150, batch_size=8))
+    return out, result
+
+
+def test_finetuning_learns_to_find_objects_by_text(finetuned, scenes_dir, tiny_backbone_dir):
+    out, result = finetuned
+    assert result.finished and result.step == 150 and result.start_step == 0
+    losses = [r["loss"] for r in result.history]
+    assert np.mean(losses[-15:]) < 0.5 * np.mean(losses[:15])
+    samples = load_detection_manifest(scenes_dir / "train.jsonl")
+    before = top1_box_iou(Backbone.from_pretrained(tiny_backbone_dir), samples)
+    after = top1_box_iou(Backbone.from_pretrained(out), samples)
+    assert after["num_objects"] == before["num_objects"] > 10
+    assert after["iou_mean"] > before["iou_mean"] + 0.3
+    assert after["hit_rate"] > 0.6
+
+
+def test_log_has_every_loss_term(finetuned):
+    out, result = finetuned
+    log = read_log(out)
+    assert log[0]["event"] == "start" and log[0]["config"]["max_steps"] == 150
+    steps = [r for r in log if r["event"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 151))
+    for key in ("loss", "loss_focal", "loss_l1", "loss_giou", "lr", "num_objects", "num_queries"):
+        assert all(math.isfinite(r[key]) for r in steps), key
+    assert log[-1]["event"] == "end"
+
+
+def test_output_is_an_ordinary_owlvit_folder(finetuned, tiny_backbone_dir, scenes_dir):
+    from clipcrop import ClipCrop
+
+    out, _ = finetuned
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    support = sorted(
+        p.name for p in tiny_backbone_dir.iterdir() if p.name not in ("config.json", "model.safetensors")
+    )
+    assert "preprocessor_config.json" in support and "tokenizer_config.json" in support
+    for name in support:  # tokenizer and image processor: exactly what the input folder had
+        assert (out / name).read_bytes() == (tiny_backbone_dir / name).read_bytes(), name
+    assert not list(out.parent.glob(".owlvit-shapes.*")), "temporary folders left behind"
+    cc = ClipCrop.from_pretrained(out)
+    assert cc.mode == "training-free"
+    crops = cc.crop(scenes_dir / "img" / "s0.png", query="the red circle", top_k=2)
+    assert 1 <= len(crops) <= 2
+
+
+def test_clipcrop_trains_on_the_finetuned_backbone(finetuned, scenes_dir, tmp_path):
+    from clipcrop import ClipCrop
+    from clipcrop.training import TrainConfig, train
+
+    out, _ = finetuned
+    decoder = {k: v for k, v in TINY_DECODER.items() if k != "input_dim"}
+    result = train(
+        TrainConfig(
+            gaic_root=str(scenes_dir / "gaic"),
+            text_annotations=str(scenes_dir / "text"),
+            backbone=str(out),
+            out_dir=str(tmp_path / "cc"),
+            max_steps=2,
+            batch_size=2,
+            decoder=decoder,
+            device="cpu",
+            progress=False,
+        )
+    )
+    assert result.step == 2
+    cc = ClipCrop.from_pretrained(tmp_path / "cc")
+    assert cc.mode == "trained" and cc.backbone.hidden_size == TINY_DECODER["input_dim"]
+
+
+def test_resume_continues_exactly(scenes_dir, tiny_backbone_dir, tmp_path):
+    straight = tmp_path / "straight"
+    finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, straight, max_steps=6, save_every=2))
+    split = tmp_path / "split"
+    first = finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, split, max_steps=6, stop_after=3))
+    assert first.step == 3 and not first.finished
+    with pytest.raises(ParameterError, match="already holds a checkpoint"):
+        finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, split, max_steps=6))
+    second = finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, split, max_steps=6, resume=True))
+    assert second.start_step == 3 and second.step == 6 and second.finished
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    losses_a = [r["loss"] for r in read_log(straight) if r["event"] == "step"]
+    losses_b = [r["loss"] for r in read_log(split) if r["event"] == "step"]
+    assert losses_a == losses_b
+    state = torch.load(split / STATE_FILE, weights_only=True)
+    assert state["step"] == 6 and state["optimizer"]["state"]
+
+
+def test_bad_settings_are_refused(scenes_dir, tiny_backbone_dir, tmp_path):
+    for changes in (
+        {"batch_size": 0},
+        {"lr": 0.0},
+        {"lr_schedule": "steps"},
+        {"reinit_heads": "maybe"},
+        {"max_steps": 0},
+        {"resume": True, "overwrite": True},
+    ):
+        with pytest.raises(ParameterError):
+            cfg(scenes_dir, tiny_backbone_dir, tmp_path / "x", **changes).validate()
+    with pytest.raises(ParameterError, match="cannot resume"):
+        finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, tmp_path / "none", max_steps=2, resume=True))
+
+
+def test_cli_finetunes_and_resumes(scenes_dir, tiny_backbone_dir, tmp_path, capsys):
+    from clipcrop.cli import main
+
+    out = tmp_path / "cli"
+    args = [
+        "finetune-backbone",
+        "--data",
+        str(scenes_dir / "train.jsonl"),
+        "--backbone",
+        str(tiny_backbone_dir),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--cpu",
+        "--quiet",
+    ]
+    assert main([*args, "--max-steps", "3", "--stop-after", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)
+    assert "fine-tuned to step 2/3" in captured.err and "loss_focal" in captured.err
+    assert main([*args, "--max-steps", "3"]) == 1
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert main([*args, "--max-steps", "3", "--resume"]) == 0
+    assert "step 3/3" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "finetune-backbone",
+                "--data",
+                str(tmp_path / "missing.jsonl"),
+                "--backbone",
+                str(tiny_backbone_dir),
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 1
+    )
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["finetune-backbone", "--data", "x", "--out", "y", "--epochs", "2", "--max-steps", "3"])
+    assert info.value.code == 2
