@@ -12,7 +12,8 @@ from PIL import Image
 from clipcrop.datasets import _load_captions, image_size, load_gaic, load_textcrop
 from clipcrop.errors import DatasetError
 
-REAL_CAPTIONS = Path("/work/shared/data/gaic-text-annotations")
+# the public captions in ../shared beside the checkout (read-only material; skipped where absent)
+REAL_CAPTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gaic-text-annotations"
 
 
 def _jpeg(path: Path, size: tuple[int, int] = (60, 40), orientation: int | None = None) -> None:
