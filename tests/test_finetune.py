@@ -134,6 +134,41 @@ def test_manifest_errors_name_the_line(scenes_dir, tmp_path, line, message):
         load_detection_manifest(tmp_path / "nope.jsonl")
 
 
+def test_zoom_windows_cut_no_object_and_targets_follow(scenes_dir, tiny_backbone_dir, tmp_path):
+    from clipcrop.finetune import Finetuner
+
+    ft = Finetuner(cfg(scenes_dir, tiny_backbone_dir, tmp_path / "z", zoom=1.0, hflip=False, batch_size=8))
+    _, _, windows, _ = ft.step_plan(0)
+    assert sum(w is not None for w in windows) >= 6
+    images, texts, targets = ft.batch(0, 96)
+    idx = ft.step_plan(0)[0]
+    for i, window, image, target in zip(idx, windows, images, targets, strict=True):
+        if window is None:
+            continue
+        s = ft.samples[i]
+        side = window[2] - window[0]
+        assert 0.4 <= side <= 1.0 and window.min() >= 0 and window.max() <= 1
+        assert image.width == pytest.approx(side * s.width, abs=1.5)  # cut from the full image
+        assert 1 <= len(target["boxes"]) <= len(s.texts)
+        # each kept object: its box, relative to the window
+        for box_c, label in zip(target["boxes"], target["labels"], strict=True):
+            k = s.texts.index(texts[int(label)])
+            # (at least 90% of it is inside; the rest is clipped off)
+            x0, y0, x1, y1 = np.clip(
+                s.boxes_xyxy_px[k] / s.width, np.tile(window[:2], 2), np.tile(window[2:], 2)
+            )
+            expected = torch.tensor(
+                [
+                    ((x0 + x1) / 2 - window[0]) / side,
+                    ((y0 + y1) / 2 - window[1]) / side,
+                    (x1 - x0) / side,
+                    (y1 - y0) / side,
+                ],
+                dtype=torch.float32,
+            )
+            torch.testing.assert_close(box_c, expected, atol=0.02, rtol=0)
+
+
 # ----------------------------------------------------------------------------- loss
 
 

@@ -50,6 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--num-negatives", type=int, default=16, metavar="N", help="absent-class texts per step (default 16)"
     )
     p.add_argument("--no-hflip", action="store_true", help="no horizontal flips (texts that say left/right)")
+    p.add_argument(
+        "--zoom",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of images zoomed in on a window that cuts no object",
+    )
     p.add_argument("--freeze-text", action="store_true", help="train the image side only")
     p.add_argument("--train-token-embedding", action="store_true", help="also train the 49k-row token table")
     p.add_argument("--weight-focal", type=float, default=2.0, help="focal loss weight (default 2)")
@@ -85,6 +92,7 @@ def build_config(args: argparse.Namespace):
         warmup_steps=args.warmup_steps,
         num_negatives=args.num_negatives,
         hflip=not args.no_hflip,
+        zoom=args.zoom,
         train_text=not args.freeze_text,
         train_token_embedding=args.train_token_embedding,
         weight_focal=args.weight_focal,

@@ -11,6 +11,8 @@ scratch) the way OWL-ViT itself was trained, DETR-style:
 
   paths relative to the manifest's folder, boxes in pixels of the upright image (x1/y1 exclusive).
   :func:`load_detection_manifest` reads it.
+* **Augmentation** (seeded): horizontal flips, and optionally (``zoom``) windows of the image
+  that cut no object, so objects are also seen close up.
 * **Queries per step**: the texts of the batch's objects plus up to ``num_negatives`` texts of
   classes absent from the batch (drawn from the manifest's other texts). Texts name the same class
   when they are equal after lower-casing and dropping a leading article (:func:`class_key`: "a red
@@ -76,6 +78,9 @@ LOG_FILE = "finetune_log.jsonl"
 STATE_FORMAT = "clipcrop-finetune/1"
 LR_SCHEDULES = ("constant", "cosine", "linear")
 REINIT_CHOICES = ("auto", "always", "never")
+#: zoom augmentation: smallest window side (fraction of the image) and tries to find one
+ZOOM_MIN_SIDE = 0.4
+ZOOM_TRIES = 8
 #: fresh class head: initial logit scale, and the detection probability every token starts at
 HEAD_LOGIT_SCALE = 5.0
 HEAD_PRIOR_PROB = 0.01
@@ -205,6 +210,8 @@ class FinetuneConfig:
         num_negatives: texts of absent classes added to each step's queries.
         hflip: flip images (and boxes) horizontally with probability 1/2 (off for data whose texts
             say "left"/"right").
+        zoom: share of images replaced by a zoomed-in window (40-100% of the image side) that cuts
+            no object (scale augmentation: objects seen larger, as in a close-up image query).
         train_text: train the text tower too (else it is frozen).
         train_token_embedding: train the text tower's token-embedding table (49k rows; frozen by
             default: cheaper, and the vocabulary of a detection set is small).
@@ -237,6 +244,7 @@ class FinetuneConfig:
     warmup_steps: int = 0
     num_negatives: int = 16
     hflip: bool = True
+    zoom: float = 0.0
     train_text: bool = True
     train_token_embedding: bool = False
     weight_focal: float = 2.0
@@ -276,6 +284,8 @@ class FinetuneConfig:
             raise ParameterError(f"device {self.device!r} is not auto, cpu or cuda[:N]")
         if min(self.weight_focal, self.weight_l1, self.weight_giou) < 0:
             raise ParameterError("loss weights must not be negative")
+        if not 0.0 <= self.zoom <= 1.0:
+            raise ParameterError(f"zoom must be in [0, 1], got {self.zoom}")
         if not 0 <= self.focal_alpha <= 1 or self.focal_gamma < 0:
             raise ParameterError("focal_alpha must be in [0, 1] and focal_gamma >= 0")
         if self.resume and self.overwrite:
@@ -480,6 +490,13 @@ def top1_box_iou(
     }
 
 
+def _inside(boxes: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """(K, 4) xyxy boxes -> (K,) area of each inside the (4,) xyxy window."""
+    lt = np.maximum(boxes[:, :2], window[:2])
+    rb = np.minimum(boxes[:, 2:], window[2:])
+    return np.prod(np.clip(rb - lt, 0.0, None), axis=1)
+
+
 def _rng_state() -> dict:
     np_state = np.random.get_state()
     return {
@@ -550,9 +567,11 @@ class Finetuner:
             return int(cfg.max_steps)
         return int(cfg.epochs or FinetuneConfig.DEFAULT_EPOCHS) * self.steps_per_epoch
 
-    def step_plan(self, step: int) -> tuple[list[int], list[bool], np.random.Generator]:
-        """Sample indices, flips and a generator (for negatives) of global step ``step``: a pure
-        function of ``(seed, epoch, step in epoch)``."""
+    def step_plan(
+        self, step: int
+    ) -> tuple[list[int], list[bool], list[np.ndarray | None], np.random.Generator]:
+        """Sample indices, flips, zoom windows and a generator (for negatives) of global step
+        ``step``: a pure function of ``(seed, epoch, step in epoch)``."""
         cfg = self.config
         epoch, in_epoch = divmod(step, self.steps_per_epoch)
         order = np.resize(
@@ -562,7 +581,26 @@ class Finetuner:
         idx = [int(i) for i in order[in_epoch * cfg.batch_size : (in_epoch + 1) * cfg.batch_size]]
         rng = np.random.default_rng([cfg.seed, epoch, in_epoch, 3])
         flips = [bool(cfg.hflip and rng.random() < 0.5) for _ in idx]
-        return idx, flips, rng
+        windows = [self._zoom_window(i, rng) if cfg.zoom and rng.random() < cfg.zoom else None for i in idx]
+        return idx, flips, windows, rng
+
+    def _zoom_window(self, index: int, rng: np.random.Generator) -> np.ndarray | None:
+        """A random window (normalised xyxy, the image's aspect ratio, ``ZOOM_MIN_SIDE`` to all of
+        it) that cuts no object: each is at least 90% inside or at most 10%, and one is inside.
+        None when a few tries find none."""
+        s = self.samples[index]
+        boxes = s.boxes_xyxy_px / np.array([s.width, s.height, s.width, s.height], dtype=np.float64)
+        if not len(boxes):
+            return None
+        area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-12)
+        for _ in range(ZOOM_TRIES):
+            side = rng.uniform(ZOOM_MIN_SIDE, 1.0)
+            x0, y0 = rng.uniform(0.0, 1.0 - side, size=2)
+            window = np.array([x0, y0, x0 + side, y0 + side])
+            frac = _inside(boxes, window) / area
+            if ((frac >= 0.9) | (frac <= 0.1)).all() and (frac >= 0.9).any():
+                return window
+        return None
 
     def _image(self, index: int, side: int) -> Image.Image:
         img = self._images.get(index)
@@ -581,19 +619,30 @@ class Finetuner:
         self, step: int, side: int
     ) -> tuple[list[Image.Image], list[str], list[dict[str, torch.Tensor]]]:
         """Images, query texts and targets of one step (see :meth:`DetectionLoss.forward`)."""
-        idx, flips, rng = self.step_plan(step)
+        idx, flips, windows, rng = self.step_plan(step)
         images, per_image = [], []
         texts: list[str] = []
-        for i, flip in zip(idx, flips, strict=True):
+        for i, flip, window in zip(idx, flips, windows, strict=True):
             s = self.samples[i]
-            img = self._image(i, side)
             boxes = s.boxes_xyxy_px / np.array([s.width, s.height, s.width, s.height], dtype=np.float64)
+            obj_texts = list(s.texts)
+            if window is None:
+                img = self._image(i, side)
+            else:  # zoomed in: cut the window from the full-resolution image, keep the objects inside
+                full = load_image(s.image_path, self.limits).image
+                w, h = full.size
+                img = full.crop(tuple(int(round(v)) for v in window * [w, h, w, h]))
+                area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-12)
+                keep = _inside(boxes, window) / area >= 0.9
+                size = window[2:] - window[:2]
+                boxes = np.clip((boxes[keep] - np.tile(window[:2], 2)) / np.tile(size, 2), 0.0, 1.0)
+                obj_texts = [t for t, k in zip(obj_texts, keep, strict=True) if k]
             if flip:
                 img = ImageOps.mirror(img)
                 boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], axis=1)
             images.append(img)
-            per_image.append((boxes, s.texts))
-            texts += [t for t in s.texts if t not in texts]
+            per_image.append((boxes, obj_texts))
+            texts += [t for t in obj_texts if t not in texts]
         present = {class_key(t) for t in texts}
         absent = [k for k in self.vocab if k not in present]
         n_neg = min(self.config.num_negatives, len(absent))

@@ -421,7 +421,7 @@ def grid_candidates(
 
 
 def gaic_annotation(
-    scene: Scene, indices: Sequence[int], rng: np.random.Generator, n_best: int = 16, n_rest: int = 48
+    scene: Scene, indices: Sequence[int], rng: np.random.Generator, n_best: int = 8, n_rest: int = 56
 ) -> tuple[np.ndarray, np.ndarray]:
     """GAIC-style annotated crops of ``scene`` for the subject ``indices``.
 
