@@ -212,3 +212,27 @@ def test_listens_on_loopback_only(server):
     with socket.socket() as s:
         s.settimeout(1)
         assert s.connect_ex((addr, server.port)) != 0, f"reachable on {addr}"
+
+
+def test_api_key_never_reaches_the_log(tiny_backbone_dir, tmp_path):
+    """With debug logging, right and wrong keys in both header styles leave no trace in the log."""
+    key = "k3y-that-must-not-leak-7f9c"
+    srv = Server(
+        tiny_backbone_dir, tmp_path / "server.log", "--log-level", "debug", env={"CLIPCROP_API_KEY": key}
+    )
+    try:
+        srv.wait_ready()
+        photo = sample_photo("coffee.png").read_bytes()
+        files = {"image": ("coffee.png", photo, "image/png")}
+        assert httpx.post(srv.base + "/v1/crop", files=files, timeout=60).status_code == 401
+        wrong = {"Authorization": f"Bearer {key}x"}
+        assert httpx.post(srv.base + "/v1/crop", files=files, headers=wrong, timeout=60).status_code == 401
+        for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
+            assert (
+                httpx.post(srv.base + "/v1/crop", files=files, headers=headers, timeout=60).status_code == 200
+            )
+    finally:
+        srv.stop()
+    log = srv.log_path.read_text(errors="replace")
+    assert "/v1/crop" in log  # the requests were logged...
+    assert key not in log  # ...the key was not
