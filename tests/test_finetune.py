@@ -356,6 +356,18 @@ def test_resume_continues_exactly(scenes_dir, tiny_backbone_dir, tmp_path):
     assert state["step"] == 6 and state["optimizer"]["state"]
 
 
+def test_resume_with_more_steps_extends_the_schedule(scenes_dir, tiny_backbone_dir, tmp_path):
+    from clipcrop.training import LRSchedule
+
+    out = tmp_path / "extend"
+    finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, out, max_steps=4))
+    more = finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, out, max_steps=8, resume=True))
+    assert more.start_step == 4 and more.step == 8
+    schedule = LRSchedule("cosine", 8, 5)
+    # the first resumed step already runs on the longer schedule (lr logged after the step)
+    assert [r["lr"] for r in more.history] == pytest.approx([2e-3 * schedule(s) for s in range(5, 9)])
+
+
 def test_bad_settings_are_refused(scenes_dir, tiny_backbone_dir, tmp_path):
     for changes in (
         {"batch_size": 0},

@@ -744,9 +744,10 @@ class Finetuner:
             step = int(state["step"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            scheduler.lr_lambdas[0] = LRSchedule(
-                cfg.lr_schedule, total, cfg.warmup_steps
-            )  # this run's length
+            # this run's length wins (a longer max_steps extends the schedule from the current step)
+            schedule = LRSchedule(cfg.lr_schedule, total, cfg.warmup_steps)
+            scheduler.lr_lambdas = [schedule]
+            optimizer.param_groups[0]["lr"] = scheduler.base_lrs[0] * schedule(scheduler.last_epoch)
             self._check_resume(state)
             _set_rng_state(state["rng"])
         self._optimizer, self._scheduler = optimizer, scheduler
