@@ -33,10 +33,10 @@ BENCH = REPO / "benchmarks" / "shapes"
 
 # CI margins of the --small run (see test_small_benchmark_shows_conditioning_works)
 MARGIN_OVER_WHOLE_IMAGE = 0.10
-MARGIN_OVER_OWLVIT_TOP1 = 0.10
-MARGIN_TRAINING_FREE_OVER_WHOLE = 0.05
+MARGIN_OVER_OWLVIT_TOP1 = 0.14
+MARGIN_TRAINING_FREE_OVER_WHOLE = 0.10
 MIN_AMBIGUITY = 0.75
-MIN_IMAGE_QUERY_GAIN = 0.03
+MIN_IMAGE_QUERY_GAIN = 0.08
 
 
 def _generate_module():
@@ -239,10 +239,13 @@ def test_small_benchmark_shows_conditioning_works(tmp_path):
     """The whole pipeline in its CI size: generate, finetune-backbone from scratch, train with
     mosaics, evaluate with baselines on held-out scenes.
 
-    Margins: measured --small runs (seeds 0-2, quiet and loaded machine) gave ClipCrop's text
-    IoU-Mean 0.19-0.23 above the whole image and 0.27-0.33 above OWL-ViT's top-1 box, training-free
-    0.16-0.19 above the whole image, ambiguity 0.93-0.98; the asserted margins are about half of the
-    smallest observed gap, so the test checks the orderings, not a lucky seed.
+    Margins: three measured --small runs (seeds 0, 1, 2 on the 2-core dev machine, 3.8-4.3 min)
+    gave text IoU-Mean gaps of ClipCrop over the whole image 0.208 / 0.218 / 0.222, over OWL-ViT's
+    top-1 box 0.284 / 0.310 / 0.313, training-free over the whole image 0.208-0.229, ambiguity
+    0.944-0.975 and image-query gains of 0.19-0.24 over the whole image. Each asserted margin is
+    about half the smallest gap seen, so the test checks the orderings, not one lucky seed. (In this
+    size ClipCrop and training-free mode are within +-0.015 of each other, so their order is not
+    asserted; the full run separates them.)
     """
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
