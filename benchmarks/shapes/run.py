@@ -26,8 +26,12 @@ with methods ``clipcrop`` (trained), ``training_free``, ``whole_image``, ``owlvi
 per-kind (single/pair query) split and timings. Everything is written under ``DIR`` and rebuilt
 by the script; checkpoints are not shipped anywhere.
 
-``--small`` is the CI configuration (tests/test_shapes.py): fewer scenes and steps, a few
-minutes on two cores, weaker but with the same orderings.
+Sizes (:class:`Profile`): the full run trains on 2000 scenes (4000 GAIC entries: two captions per
+scene), an OWL-ViT of 160 px / patch 16 (100 tokens), 4 x 96 vision and 2 x 64 text layers, for
+5000 fine-tuning steps of 16 images (half of them zoomed in), then a 3-layer, 96-wide decoder with
+24 queries for 2000 steps of 16; it scores 120 held-out scenes. About 20 minutes on two quiet cores.
+``--small`` is the CI configuration (tests/test_shapes.py): 400 scenes, 900 + 400 steps, 40
+held-out scenes, about 4 minutes; weaker, with the same orderings.
 """
 
 from __future__ import annotations
