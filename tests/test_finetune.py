@@ -117,7 +117,10 @@ def test_manifest_is_read_relative_to_its_folder(scenes_dir):
     [
         ("{not json", "not valid JSON"),
         ('{"objects": []}', "expected"),
-        ('{"image": "img/s0.png", "objects": [{"box": [1, 2, 3], "text": "x"}]}', "4 numbers"),
+        (
+            '{"image": "img/s0.png", "objects": [{"box": [1, 2, 3], "text": "x"}]}',
+            "box 0 must be 4 finite numbers",
+        ),
         ('{"image": "img/s0.png", "objects": [{"box": [10, 10, 5, 20], "text": "x"}]}', "empty"),
         ('{"image": "img/s0.png", "objects": [{"box": [0, 0, 999, 20], "text": "x"}]}', "outside"),
         ('{"image": "img/s0.png", "objects": [{"box": [0, 0, 9, 20], "text": " "}]}', "text"),

@@ -47,7 +47,6 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import shutil
 import sys
@@ -64,12 +63,19 @@ from torch import nn
 
 from .backbone import Backbone
 from .box_ops import box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
-from .datasets import image_size
+from .datasets import _entry_boxes, image_size
 from .errors import DatasetError, ParameterError
 from .imageio import load_image
 from .limits import Limits
 from .matcher import HungarianMatcher
-from .training import _COMPLETE, LRSchedule, publish_checkpoint, recover_checkpoint_dir
+from .training import (
+    _COMPLETE,
+    LRSchedule,
+    _rng_state,
+    _set_rng_state,
+    publish_checkpoint,
+    recover_checkpoint_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -155,31 +161,14 @@ def load_detection_manifest(path: str | os.PathLike) -> list[DetectionSample]:
             width, height = image_size(image_path)
         except DatasetError as exc:
             raise DatasetError(f"{where}: {exc}") from None
-        boxes, texts = [], []
+        texts = []
         for j, obj in enumerate(objects):
-            box = obj.get("box") if isinstance(obj, dict) else None
             text = obj.get("text") if isinstance(obj, dict) else None
             if not isinstance(text, str) or not text.strip():
                 raise DatasetError(f"{where}: object {j} needs a non-empty 'text'")
-            if (
-                not isinstance(box, list)
-                or len(box) != 4
-                or not all(
-                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box
-                )
-            ):
-                raise DatasetError(
-                    f"{where}: object {j} 'box' must be 4 numbers [x0, y0, x1, y1], got {box!r}"
-                )
-            x0, y0, x1, y1 = (float(v) for v in box)
-            if x1 <= x0 or y1 <= y0:
-                raise DatasetError(f"{where}: object {j} box {box!r} is empty or not x0 < x1, y0 < y1")
-            if x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1:
-                raise DatasetError(
-                    f"{where}: object {j} box {box!r} lies outside the {width}x{height} image (pixels)"
-                )
-            boxes.append((max(x0, 0.0), max(y0, 0.0), min(x1, width), min(y1, height)))
             texts.append(" ".join(text.split()))
+        # the same box checks as the crop manifests ("box j" is object j)
+        boxes = _entry_boxes([o.get("box") for o in objects], where, width, height) if objects else []
         samples.append(
             DetectionSample(
                 image_path, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), tuple(texts), width, height
@@ -495,26 +484,6 @@ def _inside(boxes: np.ndarray, window: np.ndarray) -> np.ndarray:
     lt = np.maximum(boxes[:, :2], window[:2])
     rb = np.minimum(boxes[:, 2:], window[2:])
     return np.prod(np.clip(rb - lt, 0.0, None), axis=1)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *[float(v) for v in np_state[2:]]],
-        "torch": torch.get_rng_state(),
-        **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -50,6 +50,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
+from .box_ops import iou_np
+from .composition import _intersection, _ratio
+
 logger = logging.getLogger(__name__)
 
 #: colour name -> RGB fill
@@ -331,19 +334,6 @@ def make_scene(
 # ----------------------------------------------------------------------------- the crop rule
 
 
-def _inter(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(A, 4) x (B, 4) xyxy -> (A, B) intersection areas."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    return wh[..., 0] * wh[..., 1]
-
-
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    hi = np.maximum(a, b)
-    return np.where(hi > 1e-9, np.minimum(a, b) / np.maximum(hi, 1e-9), 1.0)
-
-
 def crop_quality_terms(crops: np.ndarray, subject: np.ndarray, others: np.ndarray) -> dict[str, np.ndarray]:
     """Each term of :func:`crop_quality` as a (C,) array (see the module docstring).
 
@@ -357,7 +347,7 @@ def crop_quality_terms(crops: np.ndarray, subject: np.ndarray, others: np.ndarra
     sw, sh = max(subject[2] - subject[0], 1e-9), max(subject[3] - subject[1], 1e-9)
     s_area = sw * sh
     c_area = np.maximum((crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1]), 1e-9)
-    containment = _inter(crops, subject[None])[:, 0] / s_area
+    containment = _intersection(crops, subject[None])[:, 0] / s_area
     fill = s_area / c_area
     xs, ys = zip(*FILL_POINTS, strict=True)
     fill_term = np.interp(fill, xs, ys)
@@ -377,7 +367,7 @@ def crop_quality_terms(crops: np.ndarray, subject: np.ndarray, others: np.ndarra
     )
     if len(others):
         o_area = np.maximum((others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1]), 1e-9)
-        frac = _inter(crops, others) / o_area[None]
+        frac = _intersection(crops, others) / o_area[None]
         cut = np.clip(np.minimum(frac, 1.0 - frac) / 0.1, 0.0, 1.0).sum(axis=1)
     else:
         cut = np.zeros(len(crops))
@@ -494,7 +484,7 @@ def target_crops(scene: Scene, indices: Sequence[int], max_crops: int = 4) -> np
     found.sort(key=lambda t: -t[0])
     out: list[np.ndarray] = []
     for _, _, box in found:
-        if out and _iou(box, np.asarray(out)).max() > 0.85:
+        if out and iou_np(box, np.asarray(out)).max() > 0.85:
             continue
         out.append(box)
         if len(out) >= max_crops:
@@ -502,16 +492,9 @@ def target_crops(scene: Scene, indices: Sequence[int], max_crops: int = 4) -> np
     return np.round(np.asarray(out), 2)
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    inter = _inter(box[None], boxes)[0]
-    a = (box[2] - box[0]) * (box[3] - box[1])
-    b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(a + b - inter, 1e-9)
-
-
 def crop_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two (4,) xyxy boxes."""
-    return float(_iou(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)[None])[0])
+    return float(iou_np(a, b)[0, 0])
 
 
 def distinct_pair(scene: Scene, rng: np.random.Generator, max_iou: float = 0.3) -> tuple[int, int] | None:
