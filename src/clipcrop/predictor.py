@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +225,11 @@ class ClipCrop:
             raise ParameterError(f"precision {precision!r} is not one of fp32, bf16, fp16")
         if quantize not in (None, "int8"):
             raise ParameterError(f"quantize {quantize!r} is not supported (use int8)")
+        if quantize == "int8" and dtype != torch.float32:
+            # dynamic int8 quantisation replaces fp32 Linear layers; it has no half-precision form
+            raise ParameterError(f"quantize int8 cannot be combined with precision {precision}; use fp32")
+        if quantize == "int8" and not device.startswith("cpu"):
+            raise ParameterError(f"quantize int8 runs on CPU only, not on device {device!r}")
         config = _read_config(name, local_files_only)
         model = None
         backbone_name = name
@@ -246,9 +252,13 @@ class ClipCrop:
         if dtype != torch.float32:
             backbone.model.to(dtype)
         if quantize == "int8":
-            backbone.model = torch.ao.quantization.quantize_dynamic(
-                backbone.model, {torch.nn.Linear}, dtype=torch.qint8
-            )
+            with warnings.catch_warnings():
+                # torch 2.13 marks its quantised-tensor constructors deprecated (moving to torchao);
+                # the pinned torch still runs them, so the notice would only alarm CLI users
+                warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
+                backbone.model = torch.ao.quantization.quantize_dynamic(
+                    backbone.model, {torch.nn.Linear}, dtype=torch.qint8
+                )
         predictor = cls(backbone, model, limits=limits, nms_iou=nms_iou, name=name)
         logger.info(
             "loaded %s (%s mode, backbone %s, device %s)", name, predictor.mode, backbone_name, device
