@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+from .cli_runloop import add_checkpoint_flags, add_flags, add_schedule_flags, run_settings, summary
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
@@ -21,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="folder of the caption files train.json/valid.json/test.json (required unless --variant base)",
     )
     data.add_argument("--split", default="train", help="GAIC split to train on (default train)")
-    data.add_argument("--max-samples", type=int, metavar="N", help="use the first N images only")
+    add_flags(data, "--max-samples")
     data.add_argument("--num-workers", type=int, default=0, metavar="N", help="data-loading processes")
 
     model = p.add_argument_group("model")
@@ -54,23 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
     run = p.add_argument_group("schedule")
-    length = run.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, metavar="N", help="passes over the data (default 30)")
-    length.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps")
-    run.add_argument(
-        "--stop-after",
-        type=int,
-        metavar="N",
-        help="stop with a checkpoint after step N (continue with --resume)",
+    add_schedule_flags(
+        run,
+        default_epochs=30,
+        batch_help="images per step and process",
+        lr_help="decoder learning rate (default 1e-4)",
+        grad_clip=0.1,
     )
-    run.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per step and process")
-    run.add_argument("--lr", type=float, default=1e-4, help="decoder learning rate (default 1e-4)")
-    run.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    run.add_argument(
-        "--lr-schedule", choices=["constant", "cosine", "linear"], default="cosine", help="default cosine"
-    )
-    run.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear LR warm-up")
-    run.add_argument("--grad-clip", type=float, default=0.1, help="max gradient norm, 0 = off (default 0.1)")
     run.add_argument("--seed", type=int, default=0, help="seed of init, data order and augmentation")
 
     aug = p.add_argument_group("augmentation and losses")
@@ -84,44 +76,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "un-conditioned (default 0.2)",
     )
     aug.add_argument("--weight-score", type=float, default=1.0, help="score loss weight (default 1)")
-    aug.add_argument("--weight-l1", type=float, default=5.0, help="L1 box loss weight (default 5)")
-    aug.add_argument("--weight-giou", type=float, default=2.0, help="GIoU loss weight (default 2)")
+    add_flags(aug, "--weight-l1", "--weight-giou")
     aug.add_argument("--no-aux-loss", action="store_true", help="losses on the last decoder layer only")
     aug.add_argument("--positive-mos", type=float, default=4.0, help="MOS of a positive crop (default 4)")
 
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="CKPT_DIR", help="checkpoint folder")
-    out.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (and at the end)")
-    resume = out.add_mutually_exclusive_group()
-    resume.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
-    resume.add_argument("--overwrite", action="store_true", help="replace a checkpoint in --out")
+    add_checkpoint_flags(out)
     out.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="GPU only")
-    out.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    add_flags(out, "--cpu")
     out.add_argument("--no-feature-cache", action="store_true", help="re-encode single images every time")
-    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_flags(out, "--quiet")
 
 
 def build_config(args: argparse.Namespace):
     """CLI flags -> :class:`clipcrop.training.TrainConfig` (validated)."""
-    from .backbone import DEFAULT_BACKBONE
     from .training import TrainConfig
 
     config = TrainConfig(
         gaic_root=args.gaic_root,
         text_annotations=args.text_annotations,
-        backbone=args.backbone or os.environ.get("CLIPCROP_MODEL") or DEFAULT_BACKBONE,
-        out_dir=args.out,
         split=args.split,
         variant=args.variant,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        stop_after=args.stop_after,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        lr_schedule=args.lr_schedule,
-        warmup_steps=args.warmup_steps,
         mosaic=not args.no_mosaic,
         text_drop=args.text_drop,
         decoder={
@@ -133,21 +109,13 @@ def build_config(args: argparse.Namespace):
             "dropout": args.dropout,
         },
         weight_score=args.weight_score,
-        weight_l1=args.weight_l1,
-        weight_giou=args.weight_giou,
         aux_loss=not args.no_aux_loss,
         positive_mos=args.positive_mos,
         finetune_backbone_lr=args.finetune_backbone_lr,
         mixed_precision=args.mixed_precision,
-        device="cpu" if args.cpu else "auto",
-        save_every=args.save_every,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        seed=args.seed,
         num_workers=args.num_workers,
         feature_cache=not args.no_feature_cache,
-        max_samples=args.max_samples,
-        progress=False if args.quiet else None,
+        **run_settings(args),
     )
     config.validate()
     return config
@@ -160,9 +128,5 @@ def run(args: argparse.Namespace) -> int:
     result = train(config)
     if int(os.environ.get("RANK", "0")) != 0:  # accelerate launch: one summary
         return 0
-    last = result.history[-1] if result.history else None
-    summary = f"clipcrop: trained to step {result.step}/{result.total_steps} in {result.elapsed_s:.1f} s"
-    if last is not None:
-        summary += f", loss {last['loss']:.4f}"
-    print(f"{summary}; checkpoint {result.out_dir}", file=sys.stderr)
+    print(f"{summary('trained', result, ('loss',))}; checkpoint {result.out_dir}", file=sys.stderr)
     return 0

@@ -33,8 +33,8 @@ and the tokenizer and image-processor files copied from the input folder) that
 ``ClipCrop.from_pretrained`` and ``clipcrop train --backbone`` load like any other, plus
 ``finetune_state.pt`` (optimizer, LR schedule, step, RNG states: ``resume`` continues exactly)
 and ``finetune_log.jsonl`` (one JSON object per step with each loss term). Saving writes a
-complete new folder beside it and swaps it in with renames (as ``clipcrop train`` does), so an
-interrupted save never leaves a half-written checkpoint.
+complete new folder beside it and swaps it in with renames, so an interrupted save never leaves a
+half-written checkpoint: the same run plumbing as ``clipcrop train``, :mod:`clipcrop.runloop`.
 
 Every per-step decision (epoch order, horizontal flips, negative queries) comes from a generator
 seeded by ``(seed, epoch, step)``, so a run stopped and resumed equals a run straight through.
@@ -49,9 +49,8 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +60,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
+from . import runloop
 from .backbone import Backbone
 from .box_ops import box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
 from .datasets import _entry_boxes, image_size
@@ -68,21 +68,14 @@ from .errors import DatasetError, ParameterError
 from .imageio import load_image
 from .limits import Limits
 from .matcher import HungarianMatcher
-from .training import (
-    _COMPLETE,
-    LRSchedule,
-    _rng_state,
-    _set_rng_state,
-    publish_checkpoint,
-    recover_checkpoint_dir,
-)
+from .runloop import LR_SCHEDULES, LRSchedule, RunResult
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "finetune_state.pt"
 LOG_FILE = "finetune_log.jsonl"
 STATE_FORMAT = "clipcrop-finetune/1"
-LR_SCHEDULES = ("constant", "cosine", "linear")
+RUN_FILES = runloop.RunFiles(STATE_FILE, LOG_FILE, STATE_FORMAT, kind="fine-tuning", rerun="run")
 REINIT_CHOICES = ("auto", "always", "never")
 #: zoom augmentation: smallest window side (fraction of the image) and tries to find one
 ZOOM_MIN_SIDE = 0.4
@@ -255,12 +248,7 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         """Raise :class:`ParameterError` for a setting that cannot work."""
-        for name in ("epochs", "max_steps", "stop_after", "save_every", "max_samples"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or int(value) < 1):
-                raise ParameterError(f"{name} must be a positive whole number, got {value!r}")
-        if self.batch_size < 1:
-            raise ParameterError(f"batch_size must be at least 1, got {self.batch_size}")
+        runloop.check_run_length(self)
         if not self.lr > 0:
             raise ParameterError(f"lr must be positive, got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0 or self.num_negatives < 0:
@@ -289,28 +277,12 @@ class FinetuneConfig:
 
 
 @dataclass
-class FinetuneResult:
-    """What :func:`finetune_backbone` did.
+class FinetuneResult(RunResult):
+    """What :func:`finetune_backbone` did (fields: :class:`~clipcrop.runloop.RunResult`); the
+    last two may be left out when building one."""
 
-    Attributes:
-        out_dir: the checkpoint folder.
-        step: the last completed step (the checkpoint's).
-        total_steps: the run's planned length.
-        start_step: where this call started (> 0 when resumed).
-        history: one dict per step of this call (what the log got).
-        elapsed_s: wall time of this call.
-    """
-
-    out_dir: Path
-    step: int
-    total_steps: int
-    start_step: int
     history: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0
-
-    @property
-    def finished(self) -> bool:
-        return self.step >= self.total_steps
 
 
 # ----------------------------------------------------------------------------- loss
@@ -633,27 +605,6 @@ class Finetuner:
         return images, texts, targets
 
     # ------------------------------------------------------------------ setup
-    def _prepare_out_dir(self) -> dict | None:
-        cfg = self.config
-        recover_checkpoint_dir(self.out_dir)
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise ParameterError(f"{self.out_dir}: exists and is not a folder")
-        if cfg.resume:
-            state_file = self.out_dir / STATE_FILE
-            if not state_file.is_file():
-                raise ParameterError(f"cannot resume: {state_file} not found (run without --resume first)")
-            state = torch.load(state_file, map_location="cpu", weights_only=True)
-            if state.get("format") != STATE_FORMAT:
-                raise ParameterError(f"{state_file}: not a ClipCrop fine-tuning state")
-            return state
-        if (self.out_dir / "config.json").is_file() or (self.out_dir / STATE_FILE).is_file():
-            if not cfg.overwrite:
-                raise ParameterError(
-                    f"{self.out_dir} already holds a checkpoint; pass --resume to continue it, "
-                    "--overwrite to replace it, or another --out"
-                )
-        return None
-
     def _device(self) -> str:
         if self.config.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
@@ -673,10 +624,12 @@ class Finetuner:
     def run(self) -> FinetuneResult:
         cfg = self.config
         t_start = time.perf_counter()
-        state = self._prepare_out_dir()
+        state = runloop.prepare_out_dir(
+            self.out_dir, RUN_FILES, resume=cfg.resume, overwrite=cfg.overwrite, log=logger
+        )
+        self._log = runloop.StepLog(self.out_dir / LOG_FILE)
         if state is None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / LOG_FILE).unlink(missing_ok=True)
+            self._log.restart()
         source = str(self.out_dir) if state is not None else cfg.backbone
         self.source = source
         backbone = Backbone.from_pretrained(source, device=self._device())
@@ -699,9 +652,7 @@ class Finetuner:
         model.train()
         total = self.total_steps()
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, LRSchedule(cfg.lr_schedule, total, cfg.warmup_steps)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule.for_config(cfg, total))
         loss_fn = DetectionLoss(
             HungarianMatcher(cfg.weight_focal, cfg.weight_l1, cfg.weight_giou),
             {"loss_focal": cfg.weight_focal, "loss_l1": cfg.weight_l1, "loss_giou": cfg.weight_giou},
@@ -711,17 +662,13 @@ class Finetuner:
         step = 0
         if state is not None:
             step = int(state["step"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            # this run's length wins (a longer max_steps extends the schedule from the current step)
-            schedule = LRSchedule(cfg.lr_schedule, total, cfg.warmup_steps)
-            scheduler.lr_lambdas = [schedule]
-            optimizer.param_groups[0]["lr"] = scheduler.base_lrs[0] * schedule(scheduler.last_epoch)
+            runloop.restore_optimizer(optimizer, scheduler, state, LRSchedule.for_config(cfg, total))
             self._check_resume(state)
-            _set_rng_state(state["rng"])
+            runloop.set_rng_state(state["rng"])
         self._optimizer, self._scheduler = optimizer, scheduler
+        self._loss_fn, self._params, self._side = loss_fn, params, side
         start_step = step
-        self._log(
+        self._log.write(
             {
                 "event": "resume" if state is not None else "start",
                 "step": step,
@@ -739,106 +686,65 @@ class Finetuner:
             step,
             total,
         )
-        stop_at = min(total, cfg.stop_after) if cfg.stop_after is not None else total
-        history: list[dict] = []
-        progress = self._progress_bar(total, step)
-        last_saved = step if state is not None else -1
-        try:
-            while step < stop_at:
-                t0 = time.perf_counter()
-                images, texts, targets = self.batch(step, side)
-                pixel_values = backbone.preprocess(images)
-                feats = backbone.encode_with_grad(pixel_values, [im.size for im in images])
-                if cfg.train_text:
-                    embeds = text_features(backbone, texts)
-                else:
-                    with torch.no_grad():
-                        embeds = text_features(backbone, texts)
-                logits = feats.logits(embeds)
-                device = logits.device
-                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-                losses = loss_fn(logits.float(), feats.boxes.float(), targets)
-                total_loss = loss_fn.total(losses)
-                total_loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                record = {
-                    "event": "step",
-                    "step": step,
-                    "epoch": (step - 1) // self.steps_per_epoch,
-                    **{k: float(v.detach()) for k, v in losses.items() if k != "num_objects"},
-                    "loss": float(total_loss.detach()),
-                    "num_objects": int(losses["num_objects"]),
-                    "num_queries": len(texts),
-                    "lr": float(optimizer.param_groups[0]["lr"]),
-                    "step_time": time.perf_counter() - t0,
-                }
-                self._log(record)
-                history.append(record)
-                if self.on_step is not None:
-                    self.on_step(record)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-                if cfg.save_every and step % cfg.save_every == 0 and step < stop_at:
-                    self._save(step)
-                    last_saved = step
-        finally:
-            if progress is not None:
-                progress.close()
-        if last_saved != step:
-            self._save(step)
-        self._log({"event": "end", "step": step, "elapsed_s": time.perf_counter() - t_start})
+        loop = runloop.StepLoop.for_config(
+            cfg, self._log, self._save, total, on_step=self.on_step, desc="finetune"
+        )
+        step, history = loop.run(self._steps, step, resumed=state is not None, started=t_start)
         model.eval()
         model.requires_grad_(False)
         return FinetuneResult(self.out_dir, step, total, start_step, history, time.perf_counter() - t_start)
 
     def _check_resume(self, state: dict) -> None:
-        saved = state.get("config", {})
-        ignore = {
-            "resume",
-            "overwrite",
-            "max_steps",
-            "epochs",
-            "stop_after",
-            "save_every",
-            "progress",
-            "out_dir",
-            "backbone",
-            "cache_images",
-            "device",
-        }
-        now = self.config.to_dict()
-        changed = sorted(k for k in now if k not in ignore and k in saved and saved[k] != now[k])
-        if changed:
-            logger.warning(
-                "resuming with changed settings (%s): not an exact continuation", ", ".join(changed)
-            )
+        # a resume reads the backbone from out_dir; caching and the device do not change the result
+        runloop.warn_changed_settings(
+            state.get("config", {}),
+            self.config.to_dict(),
+            runloop.RUN_ONLY_SETTINGS | {"backbone", "cache_images", "device"},
+            logger,
+        )
         if state.get("num_samples") != len(self.samples):
             logger.warning("resuming with a different number of images: data order changes")
 
-    def _progress_bar(self, total: int, initial: int):
-        enabled = self.config.progress
-        if enabled is None:
-            enabled = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-        if not enabled:
-            return None
-        from tqdm import tqdm
+    # ------------------------------------------------------------------ one step
+    def _steps(self, step: int, stop_at: int) -> Iterator[dict]:
+        """Train from ``step`` to ``stop_at``; yield each step's log record."""
+        while step < stop_at:
+            t0 = time.perf_counter()
+            values = self._train_step(step)
+            step += 1
+            yield runloop.step_record(step, (step - 1) // self.steps_per_epoch, values, t0)
 
-        return tqdm(
-            total=total, initial=initial, desc="finetune", unit="step", file=sys.stderr, dynamic_ncols=True
-        )
+    def _train_step(self, step: int) -> dict:
+        """One optimizer step on the batch of ``step``; returns its loss terms and LR."""
+        cfg, backbone, loss_fn = self.config, self.backbone, self._loss_fn
+        images, texts, targets = self.batch(step, self._side)
+        pixel_values = backbone.preprocess(images)
+        feats = backbone.encode_with_grad(pixel_values, [im.size for im in images])
+        if cfg.train_text:
+            embeds = text_features(backbone, texts)
+        else:
+            with torch.no_grad():
+                embeds = text_features(backbone, texts)
+        logits = feats.logits(embeds)
+        device = logits.device
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        losses = loss_fn(logits.float(), feats.boxes.float(), targets)
+        total_loss = loss_fn.total(losses)
+        total_loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
+        self._optimizer.step()
+        self._scheduler.step()
+        self._optimizer.zero_grad(set_to_none=True)
+        return {
+            **{k: float(v.detach()) for k, v in losses.items() if k != "num_objects"},
+            "loss": float(total_loss.detach()),
+            "num_objects": int(losses["num_objects"]),
+            "num_queries": len(texts),
+            "lr": float(self._optimizer.param_groups[0]["lr"]),
+        }
 
-    # ------------------------------------------------------------------ saving and logging
-    def _log(self, record: dict) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({**record, "time": time.time()}, default=str) + "\n")
-
+    # ------------------------------------------------------------------ saving
     def _copy_support_files(self, tmp: Path) -> None:
         """Tokenizer and image-processor files of the input: copied from its folder when it is
         one (so the output has exactly what the input had), saved from the loaded objects otherwise."""
@@ -859,9 +765,7 @@ class Finetuner:
 
     def _save(self, step: int) -> None:
         """Write the checkpoint at ``step`` into a temporary folder and swap it in."""
-        tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = runloop.checkpoint_tmp_dir(self.out_dir, step)
         self.backbone.model.save_pretrained(tmp)
         self._copy_support_files(tmp)
         torch.save(
@@ -872,15 +776,12 @@ class Finetuner:
                 "num_samples": len(self.samples),
                 "optimizer": self._optimizer.state_dict(),
                 "scheduler": self._scheduler.state_dict(),
-                "rng": _rng_state(),
+                "rng": runloop.rng_state(),
                 "config": self.config.to_dict(),
             },
             tmp / STATE_FILE,
         )
-        (tmp / _COMPLETE).write_text(str(step))
-        publish_checkpoint(tmp, self.out_dir)
-        logger.info("saved checkpoint at step %d to %s", step, self.out_dir)
-        self._log({"event": "checkpoint", "step": step})
+        runloop.publish_complete(tmp, self.out_dir, step, logger)
 
 
 def finetune_backbone(

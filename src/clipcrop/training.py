@@ -28,21 +28,18 @@ Runs on CPU, one GPU or several through HF Accelerate (``accelerate launch -m cl
 Output folder (``out_dir``): the latest checkpoint in ClipCrop's format (``config.json``,
 ``model.safetensors``, optionally ``backbone/``), ``training_state.pt`` (optimizer, LR schedule,
 step, RNG states) and ``train_log.jsonl``. Each save writes a complete new folder beside it and
-swaps it in with renames, so an interrupted save never leaves a half-written checkpoint.
+swaps it in with renames, so an interrupted save never leaves a half-written checkpoint. That
+plumbing (folder checks, saving, logging, the loop around the steps) is shared with backbone
+fine-tuning in :mod:`clipcrop.runloop`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
-import random
-import shutil
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import runloop
 from .backbone import DEFAULT_BACKBONE, Backbone, ImageFeatures
 from .criterion import SetCriterion, build_target
 from .datasets import GaicSample, load_gaic
@@ -62,6 +60,14 @@ from .limits import Limits
 from .matcher import HungarianMatcher
 from .model import VARIANTS, ClipCropModel
 from .mosaic import filter_initial_boxes, make_mosaic, sample_grid
+from .runloop import (  # still importable from here, where most of them used to live
+    LR_SCHEDULES,
+    LRSchedule,
+    RunResult,
+    clear_checkpoint,
+    publish_checkpoint,
+    recover_checkpoint_dir,
+)
 from .selection import Selection, select_tokens, unconditioned
 
 logger = logging.getLogger(__name__)
@@ -69,10 +75,9 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "training_state.pt"
 LOG_FILE = "train_log.jsonl"
 STATE_FORMAT = "clipcrop-train/1"
-_COMPLETE = ".complete"
+RUN_FILES = runloop.RunFiles(STATE_FILE, LOG_FILE, STATE_FORMAT, kind="training", rerun="train")
 #: decoder sizes of a default run (the paper's M = 90 queries); ``input_dim`` comes from the backbone
 DEFAULT_DECODER = {k: v for k, v in DecoderConfig().to_dict().items() if k != "input_dim"}
-LR_SCHEDULES = ("constant", "cosine", "linear")
 #: OWL-ViT parts that produce image tokens, boxes and class embeddings (what fine-tuning trains);
 #: the text tower stays frozen so cached text embeddings stay valid
 _IMAGE_SIDE_MODULES = ("owlvit.vision_model", "layer_norm", "class_head", "box_head")
@@ -176,12 +181,7 @@ class TrainConfig:
                 f"variant {self.variant!r} trains on captions: pass the text annotations folder "
                 "(--text-annotations DIR), or use --variant base"
             )
-        for name in ("epochs", "max_steps", "stop_after", "save_every", "max_samples"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or int(value) < 1):
-                raise ParameterError(f"{name} must be a positive whole number, got {value!r}")
-        if self.batch_size < 1:
-            raise ParameterError(f"batch_size must be at least 1, got {self.batch_size}")
+        runloop.check_run_length(self)
         if not self.lr > 0 or (self.finetune_backbone_lr is not None and not self.finetune_backbone_lr > 0):
             raise ParameterError("learning rates must be positive")
         if not 0.0 <= self.text_drop <= 1.0:
@@ -214,28 +214,9 @@ class TrainConfig:
 
 
 @dataclass
-class TrainResult:
-    """What :func:`train` did.
-
-    Attributes:
-        out_dir: the checkpoint folder.
-        step: the last completed step (the checkpoint's).
-        total_steps: the run's planned length.
-        start_step: where this call started (> 0 when resumed).
-        history: one dict per step of this call (what ``train_log.jsonl`` got).
-        elapsed_s: wall time of this call.
-    """
-
-    out_dir: Path
-    step: int
-    total_steps: int
-    start_step: int
-    history: list[dict]
-    elapsed_s: float
-
-    @property
-    def finished(self) -> bool:
-        return self.step >= self.total_steps
+class TrainResult(RunResult):
+    """What :func:`train` did (fields: :class:`~clipcrop.runloop.RunResult`); ``history`` is what
+    ``train_log.jsonl`` got."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -506,122 +487,12 @@ class TrainNet(nn.Module):
         return self.model(tokens, token_boxes, condition, has_condition, union), selections
 
 
-# ----------------------------------------------------------------------------- LR schedule
-
-
-class LRSchedule:
-    """Multiplier of the base LR at a step: linear warm-up, then constant / cosine / linear decay."""
-
-    def __init__(self, kind: str, total_steps: int, warmup_steps: int = 0) -> None:
-        self.kind = kind
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-
-    def __call__(self, step: int) -> float:
-        if self.warmup_steps and step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.kind == "constant":
-            return 1.0
-        span = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        if self.kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress
-
-
 # ----------------------------------------------------------------------------- checkpoint folder
-
-
-#: names in a checkpoint folder that belong to the checkpoint (replaced as a whole at each save)
-_CHECKPOINT_NAMES = ("config.json", "model.safetensors", "README.md", STATE_FILE, "backbone")
-
-
-def _is_checkpoint_entry(name: str) -> bool:
-    return name in _CHECKPOINT_NAMES or (name.startswith("rng_state_") and name.endswith(".pt"))
 
 
 def has_checkpoint(out_dir: Path) -> bool:
     """Does ``out_dir`` hold a (ClipCrop or training) checkpoint?"""
-    return (out_dir / "config.json").is_file() or (out_dir / STATE_FILE).is_file()
-
-
-def clear_checkpoint(out_dir: Path) -> None:
-    """Remove the checkpoint files of ``out_dir`` (``overwrite``), keeping anything else."""
-    if not out_dir.is_dir():
-        return
-    for entry in out_dir.iterdir():
-        if _is_checkpoint_entry(entry.name):
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-
-
-def recover_checkpoint_dir(out_dir: Path) -> None:
-    """Finish or undo a checkpoint swap that was interrupted (see :func:`publish_checkpoint`)."""
-    parent, name = out_dir.parent, out_dir.name
-    if not parent.is_dir():
-        return
-    temps = sorted(parent.glob(f".{name}.tmp-*"))
-    complete = [t for t in temps if (t / _COMPLETE).is_file()]
-    for t in temps:
-        if t not in complete[-1:]:
-            shutil.rmtree(t, ignore_errors=True)
-    olds = sorted(parent.glob(f".{name}.old-*"))
-    if complete:
-        logger.warning("finishing an interrupted checkpoint save: %s", complete[-1])
-        if not out_dir.exists() and olds:
-            os.replace(olds[-1], out_dir)
-            olds = olds[:-1]
-        publish_checkpoint(complete[-1], out_dir)
-    elif not out_dir.exists() and olds:
-        os.replace(olds[-1], out_dir)
-        olds = olds[:-1]
-    for old in olds:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def publish_checkpoint(tmp: Path, out_dir: Path) -> None:
-    """Make the complete checkpoint in ``tmp`` the content of ``out_dir``.
-
-    Files of ``out_dir`` that are not part of a checkpoint (the log, user files) move into it
-    first; then two renames swap the folders. Readers see the old or the new checkpoint, never a
-    mix; a crash in between is repaired by :func:`recover_checkpoint_dir`.
-    """
-    if out_dir.exists():
-        for entry in out_dir.iterdir():
-            if not _is_checkpoint_entry(entry.name) and not (tmp / entry.name).exists():
-                os.replace(entry, tmp / entry.name)
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-    (out_dir / _COMPLETE).unlink(missing_ok=True)
-
-
-def _rng_state() -> dict:
-    """Python, numpy and torch RNG states, as plain types and tensors (``weights_only`` loadable)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *[float(v) for v in np_state[2:]]],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    return runloop.holds_checkpoint(out_dir, STATE_FILE)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -686,27 +557,6 @@ class Trainer:
             raise DatasetError("no training samples")
         return samples
 
-    def _prepare_out_dir(self) -> dict | None:
-        """Check the output folder against resume/overwrite; return the saved state when resuming."""
-        cfg = self.config
-        recover_checkpoint_dir(self.out_dir)
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise ParameterError(f"{self.out_dir}: exists and is not a folder")
-        if cfg.resume:
-            state_file = self.out_dir / STATE_FILE
-            if not state_file.is_file():
-                raise ParameterError(f"cannot resume: {state_file} not found (train without --resume first)")
-            state = torch.load(state_file, map_location="cpu", weights_only=True)
-            if state.get("format") != STATE_FORMAT:
-                raise ParameterError(f"{state_file}: not a ClipCrop training state")
-            return state
-        if has_checkpoint(self.out_dir) and not cfg.overwrite:
-            raise ParameterError(
-                f"{self.out_dir} already holds a checkpoint; pass --resume to continue it, "
-                "--overwrite to replace it, or another --out"
-            )
-        return None
-
     def _total_steps(self, steps_per_epoch: int) -> int:
         cfg = self.config
         if cfg.max_steps is not None:
@@ -727,14 +577,18 @@ class Trainer:
         )
         self.accelerator = accelerator
         main = accelerator.is_main_process
-        state = self._prepare_out_dir() if main else None
+        self._log = runloop.StepLog(self.out_dir / LOG_FILE, enabled=main)
+        state = None
+        if main:
+            state = runloop.prepare_out_dir(
+                self.out_dir, RUN_FILES, resume=cfg.resume, overwrite=cfg.overwrite, log=logger
+            )
         accelerator.wait_for_everyone()
         if not main and cfg.resume:
-            state = torch.load(self.out_dir / STATE_FILE, map_location="cpu", weights_only=True)
+            state = runloop.load_state(self.out_dir / STATE_FILE)
         if main and not cfg.resume:
             clear_checkpoint(self.out_dir)
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / LOG_FILE).unlink(missing_ok=True)
+            self._log.restart()
         set_seed(cfg.seed)
 
         samples = self._load_samples()
@@ -798,9 +652,7 @@ class Trainer:
                 }
             )
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, LRSchedule(cfg.lr_schedule, total, cfg.warmup_steps)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule.for_config(cfg, total))
         net = TrainNet(model, backbone, finetune=finetune, config=cfg)
         net, optimizer = accelerator.prepare(net, optimizer)
         criterion = SetCriterion(
@@ -817,14 +669,7 @@ class Trainer:
                     f"{self.out_dir} was trained with{'out' if finetune else ''} backbone fine-tuning; "
                     f"resume it with{'' if finetune else 'out'} --finetune-backbone-lr"
                 )
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            # load_state_dict restores the saved schedule's settings; this run's length wins (a
-            # longer --max-steps extends the schedule from the current step)
-            schedule = LRSchedule(cfg.lr_schedule, total, cfg.warmup_steps)
-            scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
-            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-                group["lr"] = base_lr * schedule(scheduler.last_epoch)
+            runloop.restore_optimizer(optimizer, scheduler, state, LRSchedule.for_config(cfg, total))
             if state.get("scaler") is not None and accelerator.scaler is not None:
                 accelerator.scaler.load_state_dict(state["scaler"])
             self._check_resume(state, data)
@@ -832,10 +677,10 @@ class Trainer:
             if accelerator.process_index > 0:
                 rank_file = self.out_dir / f"rng_state_{accelerator.process_index}.pt"
                 if rank_file.is_file():
-                    rng = torch.load(rank_file, map_location="cpu", weights_only=True)
-            _set_rng_state(rng)
+                    rng = runloop.load_state(rank_file)
+            runloop.set_rng_state(rng)
         start_step = step
-        self._log(
+        self._log.write(
             {
                 "event": "resume" if state is not None else "start",
                 "step": step,
@@ -860,41 +705,10 @@ class Trainer:
         self._data = data
         self._cache: dict[int, ImageFeatures] | None = {} if cfg.feature_cache and not finetune else None
         self._text_cache: dict[str, tuple[torch.Tensor, list[str]]] = {}
-        stop_at = min(total, cfg.stop_after) if cfg.stop_after is not None else total
-        history: list[dict] = []
-        progress = self._progress_bar(total, step)
-        last_saved = step if state is not None else -1
-        try:
-            while step < stop_at:
-                epoch, in_epoch = divmod(step, data.steps_per_epoch)
-                steps_left = min(data.steps_per_epoch - in_epoch, stop_at - step)
-                for items in self._loader(epoch, in_epoch, steps_left):
-                    t0 = time.perf_counter()
-                    record = self._train_step(items)
-                    step += 1
-                    record = {
-                        "event": "step",
-                        "step": step,
-                        "epoch": epoch,
-                        **record,
-                        "step_time": time.perf_counter() - t0,
-                    }
-                    self._log(record)
-                    history.append(record)
-                    if self.on_step is not None:
-                        self.on_step(record)
-                    if progress is not None:
-                        progress.update(1)
-                        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-                    if cfg.save_every and step % cfg.save_every == 0 and step < stop_at:
-                        self._save(step)
-                        last_saved = step
-        finally:
-            if progress is not None:
-                progress.close()
-        if last_saved != step:
-            self._save(step)
-        self._log({"event": "end", "step": step, "elapsed_s": time.perf_counter() - t_start})
+        loop = runloop.StepLoop.for_config(
+            cfg, self._log, self._save, total, on_step=self.on_step, desc="train", show_progress=main
+        )
+        step, history = loop.run(self._steps, step, resumed=state is not None, started=t_start)
         accelerator.wait_for_everyone()
         if finetune:
             backbone.model.requires_grad_(False)
@@ -902,40 +716,30 @@ class Trainer:
         return TrainResult(self.out_dir, step, total, start_step, history, time.perf_counter() - t_start)
 
     def _check_resume(self, state: dict, data: TrainingData) -> None:
-        saved = state.get("config", {})
-        now = self.config.to_dict()
-        ignore = {
-            "resume",
-            "overwrite",
-            "max_steps",
-            "epochs",
-            "stop_after",
-            "save_every",
-            "progress",
-            "num_workers",
-            "out_dir",
-        }
-        changed = sorted(k for k in now if k not in ignore and k in saved and saved[k] != now[k])
-        if changed:
-            logger.warning(
-                "resuming with changed settings (%s): not an exact continuation", ", ".join(changed)
-            )
+        # the number of data-loading processes does not change the batches either
+        runloop.warn_changed_settings(
+            state.get("config", {}),
+            self.config.to_dict(),
+            runloop.RUN_ONLY_SETTINGS | {"num_workers"},
+            logger,
+        )
         if state.get("world_size") != self.accelerator.num_processes or state.get("num_samples") != len(
             data.samples
         ):
             logger.warning("resuming with a different number of processes or samples: data order changes")
 
-    def _progress_bar(self, total: int, initial: int):
-        enabled = self.config.progress
-        if enabled is None:
-            enabled = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-        if not enabled or not self.accelerator.is_main_process:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(
-            total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True
-        )
+    def _steps(self, step: int, stop_at: int) -> Iterator[dict]:
+        """Train from ``step`` to ``stop_at``, one loader per (part of an) epoch; yield each
+        step's log record (``step_time`` leaves out the wait for the batch)."""
+        data = self._data
+        while step < stop_at:
+            epoch, in_epoch = divmod(step, data.steps_per_epoch)
+            steps_left = min(data.steps_per_epoch - in_epoch, stop_at - step)
+            for items in self._loader(epoch, in_epoch, steps_left):
+                t0 = time.perf_counter()
+                values = self._train_step(items)
+                step += 1
+                yield runloop.step_record(step, epoch, values, t0)
 
     def _loader(self, epoch: int, in_epoch: int, steps: int):
         cfg, data = self.config, self._data
@@ -1043,23 +847,13 @@ class Trainer:
             record["lr_backbone"] = lrs[1]
         return record
 
-    # ------------------------------------------------------------------ saving and logging
-    def _log(self, record: dict) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({**record, "time": time.time()}, default=str) + "\n")
-
+    # ------------------------------------------------------------------ saving
     def _save(self, step: int) -> None:
         """Write the checkpoint at ``step`` into a temporary folder and swap it in."""
         acc = self.accelerator
-        tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{step}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+        tmp = runloop.checkpoint_tmp_dir(self.out_dir, step, create=acc.is_main_process)
         acc.wait_for_everyone()
-        rng = _rng_state()
+        rng = runloop.rng_state()
         if acc.process_index > 0:
             torch.save(rng, tmp / f"rng_state_{acc.process_index}.pt")
         acc.wait_for_everyone()
@@ -1085,11 +879,8 @@ class Trainer:
                 "config": self.config.to_dict(),
             }
             torch.save(state, tmp / STATE_FILE)
-            (tmp / _COMPLETE).write_text(str(step))
-            publish_checkpoint(tmp, self.out_dir)
-            logger.info("saved checkpoint at step %d to %s", step, self.out_dir)
+            runloop.publish_complete(tmp, self.out_dir, step, logger)
         acc.wait_for_everyone()
-        self._log({"event": "checkpoint", "step": step})
 
 
 def _float_outputs(outputs: dict, aux: bool) -> dict:
