@@ -15,7 +15,9 @@ def test_every_hostile_file_gets_one_error_line_and_the_run_goes_on(tiny_backbon
         path = tmp_path / f"{i:03d}_{case.filename}"
         path.write_bytes(case.data)
         paths.append(path)
-    r = run_cli("crop", *map(str, paths), "--json", "--top-k", "2", "--model", str(tiny_backbone_dir), "--quiet")
+    r = run_cli(
+        "crop", *map(str, paths), "--json", "--top-k", "2", "--model", str(tiny_backbone_dir), "--quiet"
+    )
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines()]

@@ -67,7 +67,9 @@ def test_gradient_reaches_every_parameter():
 
 
 def test_cached_memory_gives_identical_outputs():
-    cfg = DecoderConfig(input_dim=32, d_model=32, num_queries=5, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0)
+    cfg = DecoderConfig(
+        input_dim=32, d_model=32, num_queries=5, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0
+    )
     dec = CropDecoder(cfg).eval()
     tokens, boxes, cond, has, union = _inputs()
     with torch.no_grad():

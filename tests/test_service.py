@@ -362,7 +362,9 @@ def test_queue_full_answers_429(tiny_cc, small_jpeg):
         assert_error(r, 429, "queue_full")
         assert int(r.headers["retry-after"]) >= 1
         # shed before the body is read: even an oversized upload is a quick 429, never buffered
-        r = c.post("/v1/crop", content=b"x" * (30 * 1024 * 1024), headers={"content-type": "multipart/form-data"})
+        r = c.post(
+            "/v1/crop", content=b"x" * (30 * 1024 * 1024), headers={"content-type": "multipart/form-data"}
+        )
         assert_error(r, 429, "queue_full")
         assert c.get("/health").status_code == 200  # the event loop is not blocked
         blocking.release.set()

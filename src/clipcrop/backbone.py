@@ -260,7 +260,9 @@ class Backbone:
         max_len = int(self.model.config.text_config.max_position_embeddings)
         # pad to the longest text, not to 16: CLIP's text tower is causal and pools at the end
         # token, so padding after it cannot change the embedding, only cost time
-        enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=max_len, return_tensors="pt"
+        )
         out = self.model.owlvit.get_text_features(
             input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)
         )
