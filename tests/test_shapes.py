@@ -37,6 +37,9 @@ MARGIN_OVER_OWLVIT_TOP1 = 0.14
 MARGIN_TRAINING_FREE_OVER_WHOLE = 0.10
 MIN_AMBIGUITY = 0.75
 MIN_IMAGE_QUERY_GAIN = 0.08
+# ClipCrop led training-free mode by only 0.007-0.014 in the --small runs: the order is asserted
+# with a tolerance, so thread counts or a CPU's rounding cannot flip a correct build to red
+MAX_TRAINING_FREE_LEAD = 0.02
 
 
 def _generate_module():
@@ -239,13 +242,13 @@ def test_small_benchmark_shows_conditioning_works(tmp_path):
     """The whole pipeline in its CI size: generate, finetune-backbone from scratch, train with
     mosaics, evaluate with baselines on held-out scenes.
 
-    Margins: three measured --small runs (seeds 0, 1, 2 on the 2-core dev machine, 3.8-4.3 min)
-    gave text IoU-Mean gaps of ClipCrop over the whole image 0.208 / 0.218 / 0.222, over OWL-ViT's
-    top-1 box 0.284 / 0.310 / 0.313, training-free over the whole image 0.208-0.229, ambiguity
-    0.944-0.975 and image-query gains of 0.19-0.24 over the whole image. Each asserted margin is
-    about half the smallest gap seen, so the test checks the orderings, not one lucky seed. (In this
-    size ClipCrop and training-free mode are within +-0.015 of each other, so their order is not
-    asserted; the full run separates them.)
+    Margins: three measured --small runs (seeds 0, 1, 2 on the 2-core dev machine, 4.9-5.1 min)
+    gave text IoU-Mean gaps of ClipCrop over the whole image 0.226 / 0.243 / 0.215, over OWL-ViT's
+    top-1 box 0.303 / 0.335 / 0.307, over training-free mode 0.009 / 0.014 / 0.007, training-free
+    over the whole image 0.208-0.229, ambiguity 0.917-0.975 and image-query gains of 0.22-0.25 over
+    the whole image. Each asserted margin is about half the smallest gap seen, so the test checks
+    the orderings, not one lucky seed; ClipCrop vs training-free, too close for a margin in this
+    size, is checked with a tolerance (the full run separates them by 0.05).
     """
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
@@ -266,6 +269,10 @@ def test_small_benchmark_shows_conditioning_works(tmp_path):
     assert (
         text["training_free"]["iou_mean"] > text["whole_image"]["iou_mean"] + MARGIN_TRAINING_FREE_OVER_WHOLE
     )
+    # training-free mode sits between ClipCrop and the baselines
+    assert text["training_free"]["iou_mean"] < text["clipcrop"]["iou_mean"] + MAX_TRAINING_FREE_LEAD, table
+    assert text["training_free"]["iou_mean"] > text["owlvit_top1"]["iou_mean"], table
+    assert text["training_free"]["iou_mean"] > text["union_box"]["iou_mean"], table
     assert text["clipcrop"]["iou_max"] > text["whole_image"]["iou_max"]
     assert table["ambiguity"] >= MIN_AMBIGUITY, table
     assert image["clipcrop"]["iou_mean"] > image["whole_image"]["iou_mean"] + MIN_IMAGE_QUERY_GAIN, table
