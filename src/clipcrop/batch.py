@@ -25,7 +25,8 @@ Exactly once, resumable
     come back one Ray output block at a time (blocks of ``max(batch_size, 4)`` rows, rounded up to a
     multiple of ``batch_size``); each block's lines are appended whole with a single ``write`` and
     ``fsync``-ed before the next block, so a kill at any moment leaves a file whose complete lines
-    are all valid, and only the blocks in flight at the kill are computed again. A key seen twice
+    are all valid, and only the blocks in flight at the kill are computed again: at most
+    ``MAX_TASKS_PER_ACTOR`` per worker plus the finished ones the driver has not written yet. A key seen twice
     within a run (a retried Ray task) is written once.
 
 Execution
@@ -68,6 +69,9 @@ MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".json")
 TRACE_ENV = "CLIPCROP_BATCH_TRACE"
 #: smallest Ray block (rows): the unit of checkpointing, so at most a few blocks are redone after a kill
 MIN_BLOCK_ROWS = 4
+#: blocks queued on one worker at a time: two keep it busy while the next block is shipped, and
+#: bound what a kill throws away (pinned here, since Ray's default may change)
+MAX_TASKS_PER_ACTOR = 2
 #: environment variables the actors need to see like the driver does (cluster nodes do not inherit them)
 _FORWARDED_ENV_PREFIXES = ("CLIPCROP_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 
@@ -717,7 +721,9 @@ def _run_on_ray(
             },
             batch_size=config.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            compute=ray.data.ActorPoolStrategy(
+                size=workers, max_tasks_in_flight_per_actor=MAX_TASKS_PER_ACTOR
+            ),
             **remote,
         )
         logger.info(
