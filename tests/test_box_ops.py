@@ -13,7 +13,9 @@ from clipcrop.box_ops import (
     box_iou,
     box_xyxy_to_cxcywh,
     fit_aspect,
+    fraction_inside_np,
     generalized_box_iou,
+    intersection_np,
     iou_np,
     nms_np,
     parse_aspect,
@@ -40,6 +42,19 @@ def test_iou_and_giou_hand_computed():
     # hull of a and the far box is 5x5=25, union 4+1=5 -> giou = 0 - 20/25
     assert giou[0, 1].item() == pytest.approx(-0.8)
     assert iou_np(a.numpy(), b.numpy())[0, 0] == pytest.approx(1 / 7)
+
+
+def test_intersection_and_fraction_inside_hand_computed():
+    a = np.array([[0, 0, 4, 4], [10, 10, 12, 12]], dtype=np.float64)
+    b = np.array([[2, 2, 6, 6], [0, 0, 1, 8], [3, 0, 3, 4]], dtype=np.float64)
+    # 2x2 overlap, 1x4 overlap, zero-width box; the second row touches nothing
+    assert intersection_np(a, b).tolist() == [[4.0, 4.0, 0.0], [0.0, 0.0, 0.0]]
+    outer = np.array([0, 0, 5, 5], dtype=np.float64)
+    boxes = np.array([[1, 1, 3, 3], [4, 0, 8, 2], [6, 6, 7, 7], [2, 2, 2, 4]], dtype=np.float64)
+    # inside, a quarter inside (1x2 of 4x2), outside, zero area (outside by definition)
+    assert fraction_inside_np(boxes, outer).tolist() == [1.0, 0.25, 0.0, 0.0]
+    # iou_np builds on the same intersection: 4 / (16 + 16 - 4)
+    assert iou_np(a[:1], b[:1])[0, 0] == pytest.approx(4 / 28)
 
 
 def test_union_box():

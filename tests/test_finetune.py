@@ -31,15 +31,6 @@ from clipcrop.matcher import HungarianMatcher
 from clipcrop.shapes import describe, gaic_annotation, make_scene
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on shared cores: one intra-op thread is faster and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def scenes_dir(tmp_path_factory):
     """Eight shapes scenes: images, a detection manifest, and a GAIC-format copy."""
@@ -244,6 +235,19 @@ def test_loss_without_objects_is_finite_and_differentiable():
 
 
 # ----------------------------------------------------------------------------- heads
+
+
+def test_text_features_are_the_cached_embeddings_with_gradients(tiny_backbone_dir):
+    """Fine-tuning trains through Backbone.text_features; the predictor's cached embed_texts is
+    the same call without gradients, so the two agree exactly."""
+    backbone = Backbone.from_pretrained(tiny_backbone_dir)
+    backbone.model.requires_grad_(True)  # loaded frozen for inference; fine-tuning unfreezes it
+    texts = ["a red circle", "the blue star and a white ring"]
+    with_grad = backbone.text_features(texts)
+    assert with_grad.requires_grad
+    with_grad.sum().backward()
+    assert backbone.model.owlvit.text_projection.weight.grad is not None
+    assert torch.equal(with_grad.detach().float().cpu(), backbone.embed_texts(texts))
 
 
 def test_random_heads_saturate_and_fresh_heads_do_not(tiny_backbone_dir):

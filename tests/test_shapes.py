@@ -283,3 +283,33 @@ def test_small_benchmark_shows_conditioning_works(tmp_path):
     )
     for folder in ("owlvit-shapes", "clipcrop-shapes"):
         assert (tmp_path / "bench" / folder / "config.json").is_file()
+
+
+def test_benchmark_backbone_has_the_profile_shape(tmp_path):
+    """run.py builds its OWL-ViT through make_random_owlvit with a shape of its own."""
+    from transformers import OwlViTConfig
+
+    from clipcrop.random_models import make_random_owlvit
+
+    spec = importlib.util.spec_from_file_location("shapes_run", BENCH / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = run  # its dataclasses look their module up there
+    spec.loader.exec_module(run)
+    p = run.SMALL
+    out = run.make_backbone(tmp_path / "owlvit", REPO / "tests" / "data", p, seed=0)
+    config = OwlViTConfig.from_pretrained(out)
+    v, t = config.vision_config, config.text_config
+    assert (v.image_size, v.patch_size, v.hidden_size, v.num_hidden_layers) == (
+        p.image_size,
+        p.patch_size,
+        p.vision_width,
+        p.vision_layers,
+    )
+    assert (t.hidden_size, t.num_hidden_layers, config.projection_dim) == (
+        p.text_width,
+        p.text_layers,
+        p.text_width,
+    )
+    assert (out / "tokenizer_config.json").is_file() and (out / "preprocessor_config.json").is_file()
+    with pytest.raises(ValueError, match="lacks image_size"):
+        make_random_owlvit(tmp_path / "bad", REPO / "tests" / "data", size={"patch_size": 16})

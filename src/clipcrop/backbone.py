@@ -257,6 +257,12 @@ class Backbone:
 
     @torch.no_grad()
     def _embed_texts_uncached(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.text_features(texts).float().cpu()
+
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """(T, Dq) text embeddings on the model's device, in its dtype, *with* gradients when
+        enabled: the one text-tower call, behind :meth:`embed_texts` (cached, no-grad) and
+        backbone fine-tuning (which trains through it)."""
         max_len = int(self.model.config.text_config.max_position_embeddings)
         # pad to the longest text, not to 16: CLIP's text tower is causal and pools at the end
         # token, so padding after it cannot change the embedding, only cost time
@@ -266,8 +272,7 @@ class Backbone:
         out = self.model.owlvit.get_text_features(
             input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)
         )
-        emb = out.pooler_output if hasattr(out, "pooler_output") else out
-        return emb.float().cpu()
+        return out.pooler_output if hasattr(out, "pooler_output") else out
 
     @torch.no_grad()
     def embed_image_query(self, features: ImageFeatures) -> torch.Tensor:

@@ -64,16 +64,33 @@ def union_box(boxes: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- numpy versions
 
 
+def intersection_np(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """Pairwise intersection areas of (N, 4) and (M, 4) xyxy boxes (any units) -> (N, M) float64."""
+    b1 = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)
+    b2 = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(b1[:, None, :2], b2[None, :, :2])
+    rb = np.minimum(b1[:, None, 2:], b2[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    return wh[..., 0] * wh[..., 1]
+
+
+def fraction_inside_np(boxes: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """Share of each (K, 4) xyxy box's area that lies inside the (4,) xyxy box ``outer`` -> (K,).
+
+    1 for a box wholly inside, 0 for one wholly outside; a zero-area box counts as outside.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return intersection_np(boxes, outer)[:, 0] / np.maximum(area, 1e-12)
+
+
 def iou_np(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes (any units) -> (N, M) float64."""
     b1 = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)
     b2 = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)
     a1 = np.clip(b1[:, 2] - b1[:, 0], 0, None) * np.clip(b1[:, 3] - b1[:, 1], 0, None)
     a2 = np.clip(b2[:, 2] - b2[:, 0], 0, None) * np.clip(b2[:, 3] - b2[:, 1], 0, None)
-    lt = np.maximum(b1[:, None, :2], b2[None, :, :2])
-    rb = np.minimum(b1[:, None, 2:], b2[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
+    inter = intersection_np(b1, b2)
     union = a1[:, None] + a2[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 

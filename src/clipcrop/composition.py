@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .box_ops import iou_np
+from .box_ops import intersection_np, iou_np
 
 WEIGHTS = {"containment": 0.35, "placement": 0.15, "balance": 0.15, "no_cut": 0.20, "size": 0.15}
 SCALES = (1.15, 1.35, 1.6, 2.0, 2.5, 3.0)
@@ -108,7 +108,7 @@ def composition_terms(
     cw = np.maximum(crops[:, 2] - crops[:, 0], 1e-9)
     ch = np.maximum(crops[:, 3] - crops[:, 1], 1e-9)
     s_area = max((subject[2] - subject[0]) * (subject[3] - subject[1]), 1e-9)
-    inter = _intersection(crops, subject[None])[:, 0]
+    inter = intersection_np(crops, subject[None])[:, 0]
     containment = inter / s_area
 
     # placement: subject centre in crop-relative coordinates vs thirds and centre (in pixels)
@@ -125,13 +125,13 @@ def composition_terms(
     right = np.clip(crops[:, 2] - subject[2], 0, None)
     top = np.clip(subject[1] - crops[:, 1], 0, None)
     bottom = np.clip(crops[:, 3] - subject[3], 0, None)
-    balance = 0.5 * (_ratio(left, right) + _ratio(top, bottom))
+    balance = 0.5 * (smaller_over_larger(left, right) + smaller_over_larger(top, bottom))
 
     # no_cut: an object is "cut" when 10%..90% of it is inside the crop
     if len(others):
         others = np.asarray(others, dtype=np.float64).reshape(-1, 4)
         o_area = np.maximum((others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1]), 1e-9)
-        frac = _intersection(crops, others) / o_area[None, :]
+        frac = intersection_np(crops, others) / o_area[None, :]
         cut = ((frac > 0.1) & (frac < 0.9)).mean(axis=1)
         no_cut = 1.0 - cut
     else:
@@ -162,14 +162,8 @@ def rank_candidates(
     return Candidates(boxes=boxes, scores=np.asarray(scores, dtype=np.float64))
 
 
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    return wh[..., 0] * wh[..., 1]
-
-
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def smaller_over_larger(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise min(a, b) / max(a, b) of non-negative margins; 1 where both are 0 (balanced)."""
     hi = np.maximum(a, b)
     return np.where(hi > 1e-9, np.minimum(a, b) / np.maximum(hi, 1e-9), 1.0)
 

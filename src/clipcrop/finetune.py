@@ -25,7 +25,7 @@ scratch) the way OWL-ViT itself was trained, DETR-style:
   query of its object's class, 0 elsewhere; ``loss_l1`` and ``loss_giou`` on the matched tokens'
   boxes (normalised cxcywh / xyxy). Each is summed and divided by the number of objects.
 * **Gradients** reach the vision tower and heads through ``Backbone.encode_with_grad`` and the
-  text tower through ``get_text_features`` (``Backbone.embed_texts`` is cached and no-grad, so it
+  text tower through ``Backbone.text_features`` (``Backbone.embed_texts`` is cached and no-grad, so it
   is not used here). The token-embedding table stays frozen by default (``train_token_embedding``).
 
 Output folder (``out_dir``): a normal OWL-ViT checkpoint (``config.json``, ``model.safetensors``,
@@ -62,7 +62,13 @@ from torch import nn
 
 from . import runloop
 from .backbone import Backbone
-from .box_ops import box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
+from .box_ops import (
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xyxy_to_cxcywh,
+    fraction_inside_np,
+    generalized_box_iou,
+)
 from .datasets import _entry_boxes, image_size
 from .errors import DatasetError, ParameterError
 from .imageio import load_image
@@ -107,6 +113,13 @@ class DetectionSample:
     texts: tuple[str, ...]
     width: int
     height: int
+
+    @property
+    def boxes_xyxy_norm(self) -> np.ndarray:
+        """(K, 4) float64 object boxes, xyxy as fractions of the image's width and height."""
+        return self.boxes_xyxy_px / np.array(
+            [self.width, self.height, self.width, self.height], dtype=np.float64
+        )
 
 
 def class_key(text: str) -> str:
@@ -407,19 +420,6 @@ def heads_saturated(model: nn.Module, pixel_values: torch.Tensor, limit: float =
     return bool((raw.abs() > limit).float().mean() > 0.5)
 
 
-def text_features(backbone: Backbone, texts: Sequence[str]) -> torch.Tensor:
-    """(T, Dq) text embeddings *with* gradients (``Backbone.embed_texts`` is cached and no-grad)."""
-    max_len = int(backbone.model.config.text_config.max_position_embeddings)
-    enc = backbone.tokenizer(
-        list(texts), padding="longest", truncation=True, max_length=max_len, return_tensors="pt"
-    )
-    out = backbone.model.owlvit.get_text_features(
-        input_ids=enc["input_ids"].to(backbone.device),
-        attention_mask=enc["attention_mask"].to(backbone.device),
-    )
-    return out.pooler_output if hasattr(out, "pooler_output") else out
-
-
 @torch.no_grad()
 def top1_box_iou(
     backbone: Backbone, samples: Sequence[DetectionSample], limits: Limits | None = None
@@ -439,7 +439,7 @@ def top1_box_iou(
         logits = feats.logits(backbone.embed_texts(list(s.texts)).to(backbone.device))[0]  # (N, K)
         best = logits.argmax(dim=0)
         pred = feats.boxes[0, best].float().cpu()
-        truth = torch.as_tensor(s.boxes_xyxy_px / [s.width, s.height, s.width, s.height], dtype=torch.float32)
+        truth = torch.as_tensor(s.boxes_xyxy_norm, dtype=torch.float32)
         ious.append(torch.diag(box_iou(pred, truth)[0]))
     if not ious:
         raise DatasetError("no objects to score")
@@ -449,13 +449,6 @@ def top1_box_iou(
         "hit_rate": float((all_ious >= 0.5).float().mean()),
         "num_objects": int(all_ious.numel()),
     }
-
-
-def _inside(boxes: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """(K, 4) xyxy boxes -> (K,) area of each inside the (4,) xyxy window."""
-    lt = np.maximum(boxes[:, :2], window[:2])
-    rb = np.minimum(boxes[:, 2:], window[2:])
-    return np.prod(np.clip(rb - lt, 0.0, None), axis=1)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -529,16 +522,14 @@ class Finetuner:
         """A random window (normalised xyxy, the image's aspect ratio, ``ZOOM_MIN_SIDE`` to all of
         it) that cuts no object: each is at least 90% inside or at most 10%, and one is inside.
         None when a few tries find none."""
-        s = self.samples[index]
-        boxes = s.boxes_xyxy_px / np.array([s.width, s.height, s.width, s.height], dtype=np.float64)
+        boxes = self.samples[index].boxes_xyxy_norm
         if not len(boxes):
             return None
-        area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-12)
         for _ in range(ZOOM_TRIES):
             side = rng.uniform(ZOOM_MIN_SIDE, 1.0)
             x0, y0 = rng.uniform(0.0, 1.0 - side, size=2)
             window = np.array([x0, y0, x0 + side, y0 + side])
-            frac = _inside(boxes, window) / area
+            frac = fraction_inside_np(boxes, window)
             if ((frac >= 0.9) | (frac <= 0.1)).all() and (frac >= 0.9).any():
                 return window
         return None
@@ -565,7 +556,7 @@ class Finetuner:
         texts: list[str] = []
         for i, flip, window in zip(idx, flips, windows, strict=True):
             s = self.samples[i]
-            boxes = s.boxes_xyxy_px / np.array([s.width, s.height, s.width, s.height], dtype=np.float64)
+            boxes = s.boxes_xyxy_norm
             obj_texts = list(s.texts)
             if window is None:
                 img = self._image(i, side)
@@ -573,8 +564,7 @@ class Finetuner:
                 full = load_image(s.image_path, self.limits).image
                 w, h = full.size
                 img = full.crop(tuple(int(round(v)) for v in window * [w, h, w, h]))
-                area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-12)
-                keep = _inside(boxes, window) / area >= 0.9
+                keep = fraction_inside_np(boxes, window) >= 0.9
                 size = window[2:] - window[:2]
                 boxes = np.clip((boxes[keep] - np.tile(window[:2], 2)) / np.tile(size, 2), 0.0, 1.0)
                 obj_texts = [t for t, k in zip(obj_texts, keep, strict=True) if k]
@@ -720,11 +710,9 @@ class Finetuner:
         images, texts, targets = self.batch(step, self._side)
         pixel_values = backbone.preprocess(images)
         feats = backbone.encode_with_grad(pixel_values, [im.size for im in images])
-        if cfg.train_text:
-            embeds = text_features(backbone, texts)
-        else:
-            with torch.no_grad():
-                embeds = text_features(backbone, texts)
+        # with gradients: ``Backbone.embed_texts`` is cached and no-grad
+        with torch.set_grad_enabled(cfg.train_text):
+            embeds = backbone.text_features(texts)
         logits = feats.logits(embeds)
         device = logits.device
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -816,6 +804,5 @@ __all__ = [
     "init_detection_heads",
     "load_detection_manifest",
     "sigmoid_focal_loss",
-    "text_features",
     "top1_box_iou",
 ]

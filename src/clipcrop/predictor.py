@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .backbone import DEFAULT_BACKBONE, Backbone, ImageFeatures, describe_load_failure, is_backbone_dir
-from .box_ops import box_cxcywh_to_xyxy, fit_aspect, nms_np, parse_aspect, round_box
+from .box_ops import box_cxcywh_to_xyxy, fit_aspect, fraction_inside_np, nms_np, parse_aspect, round_box
 from .composition import rank_candidates, salient_objects
 from .errors import ModelLoadError, ParameterError
 from .imageio import ImageSource, LoadedImage, load_image
@@ -458,7 +458,7 @@ class ClipCrop:
         else:
             subject = np.array([0.2, 0.2, 0.8, 0.8])
         if len(objects):  # objects that are part of the subject are not "others"
-            inside = _fraction_inside(objects, subject) > 0.9
+            inside = fraction_inside_np(objects, subject) > 0.9
             objects = objects[~inside]
         cands = rank_candidates(subject, objects, width, height, ratio)
         return cands.boxes, cands.scores
@@ -508,14 +508,6 @@ class ClipCrop:
             crops.append(Crop(box=box, score=float(np.clip(scores[i], 0.0, 1.0))))
         crops.sort(key=lambda c: -c.score)
         return crops
-
-
-def _fraction_inside(boxes: np.ndarray, outer: np.ndarray) -> np.ndarray:
-    lt = np.maximum(boxes[:, :2], outer[None, :2])
-    rb = np.minimum(boxes[:, 2:], outer[None, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=1)
-    area = np.maximum((boxes[:, 2:] - boxes[:, :2]).prod(axis=1), 1e-9)
-    return inter / area
 
 
 def _read_config(name: str, local_files_only: bool | None) -> dict:

@@ -52,7 +52,10 @@ SIZES = {
 
 
 def make_random_owlvit(
-    out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, size: str = "tiny", seed: int = 0
+    out_dir: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    size: str | dict[str, int] = "tiny",
+    seed: int = 0,
 ) -> Path:
     """Write a randomly initialised OWL-ViT checkpoint to ``out_dir`` and return its path.
 
@@ -60,14 +63,21 @@ def make_random_owlvit(
         out_dir: folder to create.
         tokenizer_dir: folder with CLIP's ``vocab.json`` and ``merges.txt``.
         size: ``"tiny"`` (96 px, 36 tokens), ``"small"`` (192 px, 144 tokens) or ``"base32"``
-            (the real ViT-B/32 shape: 768 px, 576 tokens).
+            (the real ViT-B/32 shape: 768 px, 576 tokens); or a shape of one's own, a dict with
+            the keys of :data:`SIZES`' entries (e.g. the shapes benchmark's backbone).
     """
     import torch
     from transformers import CLIPTokenizer, OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessorPil
 
-    if size not in SIZES:
+    if isinstance(size, dict):
+        missing = set(SIZES["tiny"]) - set(size)
+        if missing:
+            raise ValueError(f"size dict lacks {', '.join(sorted(missing))}")
+        s = size
+    elif size in SIZES:
+        s = SIZES[size]
+    else:
         raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
-    s = SIZES[size]
     tok_dir = Path(tokenizer_dir)
     vocab_file, merges_file = tok_dir / "vocab.json", tok_dir / "merges.txt"
     if not vocab_file.is_file() or not merges_file.is_file():

@@ -50,8 +50,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from .box_ops import iou_np
-from .composition import _intersection, _ratio
+from .box_ops import intersection_np, iou_np
+from .composition import smaller_over_larger
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def crop_quality_terms(crops: np.ndarray, subject: np.ndarray, others: np.ndarra
     sw, sh = max(subject[2] - subject[0], 1e-9), max(subject[3] - subject[1], 1e-9)
     s_area = sw * sh
     c_area = np.maximum((crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1]), 1e-9)
-    containment = _intersection(crops, subject[None])[:, 0] / s_area
+    containment = intersection_np(crops, subject[None])[:, 0] / s_area
     fill = s_area / c_area
     xs, ys = zip(*FILL_POINTS, strict=True)
     fill_term = np.interp(fill, xs, ys)
@@ -355,7 +355,7 @@ def crop_quality_terms(crops: np.ndarray, subject: np.ndarray, others: np.ndarra
     right = np.clip(crops[:, 2] - subject[2], 0.0, None)
     top = np.clip(subject[1] - crops[:, 1], 0.0, None)
     bottom = np.clip(crops[:, 3] - subject[3], 0.0, None)
-    balance = 0.5 * (_ratio(left, right) + _ratio(top, bottom))
+    balance = 0.5 * (smaller_over_larger(left, right) + smaller_over_larger(top, bottom))
     margin = np.mean(
         [
             np.minimum(1.0, left / (MARGIN_FRAC * sw)),
@@ -367,7 +367,7 @@ def crop_quality_terms(crops: np.ndarray, subject: np.ndarray, others: np.ndarra
     )
     if len(others):
         o_area = np.maximum((others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1]), 1e-9)
-        frac = _intersection(crops, others) / o_area[None]
+        frac = intersection_np(crops, others) / o_area[None]
         cut = np.clip(np.minimum(frac, 1.0 - frac) / 0.1, 0.0, 1.0).sum(axis=1)
     else:
         cut = np.zeros(len(crops))
@@ -376,7 +376,11 @@ def crop_quality_terms(crops: np.ndarray, subject: np.ndarray, others: np.ndarra
 
 def crop_quality(crops: np.ndarray, subject: np.ndarray, others: np.ndarray) -> np.ndarray:
     """The composition rule: (C, 4) xyxy crops -> (C,) quality in [0, 1] (module docstring)."""
-    t = crop_quality_terms(crops, subject, others)
+    return _quality(crop_quality_terms(crops, subject, others))
+
+
+def _quality(t: dict[str, np.ndarray]) -> np.ndarray:
+    """:func:`crop_quality` from the terms :func:`crop_quality_terms` returned."""
     body = sum(RULE_WEIGHTS[k] * t[k] for k in RULE_WEIGHTS)
     return np.clip(t["containment"] ** 4 * body - CUT_PENALTY * t["cut"], 0.0, 1.0)
 
@@ -472,9 +476,10 @@ def target_crops(scene: Scene, indices: Sequence[int], max_crops: int = 4) -> np
                 y0 = float(np.clip(scy - ch / 2 + dy * ch, 0.0, h - ch))
                 boxes.append([x0, y0, x0 + cw, y0 + ch])
             boxes_arr = np.asarray(boxes)
-            q = crop_quality(boxes_arr, subject, others)
+            terms = crop_quality_terms(boxes_arr, subject, others)
+            q = _quality(terms)
             # a person keeps the whole subject whenever the crop's shape allows it
-            whole = crop_quality_terms(boxes_arr, subject, others)["containment"] >= 1.0 - 1e-9
+            whole = terms["containment"] >= 1.0 - 1e-9
             if whole.any():
                 q = np.where(whole, q, -1.0)
             best = int(np.argmax(q))
