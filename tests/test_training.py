@@ -27,15 +27,6 @@ from clipcrop.training import (
 DECODER = {k: v for k, v in TINY_DECODER.items() if k != "input_dim"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on shared cores: one intra-op thread is many times faster (and deterministic)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def gaic(tmp_path_factory):
     return write_gaic(tmp_path_factory.mktemp("gaic"))

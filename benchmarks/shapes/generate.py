@@ -111,17 +111,17 @@ def generate(
     out = Path(out)
     counts = {"train": train, "val": val, "test": test}
     starts = {"train": 0, "val": train, "test": train + val}
-    scenes: dict[str, list[Scene]] = {}
+    test_scenes: list[Scene] = []  # the queries need them again; train/val scenes are written and dropped
     captions: dict[str, dict[str, str]] = {s: {} for s in SPLITS}
     for split in SPLITS:
         (out / "scenes" / split).mkdir(parents=True, exist_ok=True)
         (out / "gaic" / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "gaic" / "annotations" / split).mkdir(parents=True, exist_ok=True)
         detection = []
-        scenes[split] = []
         for index in range(starts[split], starts[split] + counts[split]):
             scene = make_scene(index, seed)
-            scenes[split].append(scene)
+            if split == "test":
+                test_scenes.append(scene)
             rng = np.random.default_rng([seed, index, 11])
             name = f"s{index:05d}"
             image_path = out / "scenes" / split / f"{name}.jpg"
@@ -155,7 +155,7 @@ def generate(
     for split in SPLITS:
         _write_json(out / "gaic_text" / f"{CAPTION_FILE[split]}.json", captions[split])
 
-    text_queries, image_queries = _queries(out, scenes["test"], seed)
+    text_queries, image_queries = _queries(out, test_scenes, seed)
     _write_json(out / "text_queries.json", text_queries)
     _write_json(out / "image_queries.json", image_queries)
     meta = {
