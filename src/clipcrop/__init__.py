@@ -16,6 +16,7 @@ from .errors import (
     ImageTooLargeError,
     InputError,
     ModelLoadError,
+    OutputExistsError,
     ParameterError,
     QueryError,
     UnreadableImageError,
@@ -55,6 +56,7 @@ __all__ = [
     "FileTooLargeError",
     "QueryError",
     "ParameterError",
+    "OutputExistsError",
     "ModelLoadError",
     "DatasetError",
 ]

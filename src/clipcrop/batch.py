@@ -59,6 +59,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic_files import FILE_MODE, fsync_dir, write_atomic
 from .errors import ClipCropError, ModelLoadError, ParameterError
 from .limits import Limits
 from .validation import validate_query, validate_query_pair
@@ -253,27 +254,8 @@ def repair_results(path: str | os.PathLike) -> ResultsState:
             state.failed.discard(key)
     state.lines = len(kept)
     if state.dropped_lines:
-        tmp = path.with_name(path.name + ".repair.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(b"".join(line + b"\n" for line in kept))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_atomic(path, b"".join(line + b"\n" for line in kept))
     return state
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 class ResultsWriter:
@@ -284,9 +266,9 @@ class ResultsWriter:
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        self._fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def append(self, objects: Sequence[dict]) -> None:
         if not objects:
@@ -634,9 +616,9 @@ def run_batch(config: BatchConfig) -> BatchSummary:
 def _lock_results(path: Path) -> int:
     """An exclusive ``flock`` on the results file (released by the OS when the process dies)."""
     created = not path.exists()
-    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, FILE_MODE)
     if created:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no protection against a second job

@@ -72,6 +72,13 @@ class ParameterError(InputError):
     http_status = 400
 
 
+class OutputExistsError(ParameterError):
+    """An output file (crop, overlay, ...) exists already and replacing it was not asked for."""
+
+    code = "output_exists"
+    http_status = 409
+
+
 class ModelLoadError(ClipCropError):
     """A model name or folder could not be loaded (says why and what to do)."""
 
@@ -96,6 +103,7 @@ __all__ = [
     "FileTooLargeError",
     "QueryError",
     "ParameterError",
+    "OutputExistsError",
     "ModelLoadError",
     "DatasetError",
 ]

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,18 +167,12 @@ def _owlvit_top1(cc, encoded, query: str | None, image_query_embed) -> np.ndarra
 
 
 def write_jsonl_atomic(path: str | os.PathLike, records: Sequence[dict]) -> None:
-    """Write ``records`` as JSON lines to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``records`` as JSON lines to ``path`` atomically (permissions from the umask)."""
+    from .atomic_files import atomic_open
+
+    with atomic_open(path, "w") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec) + "\n")
 
 
 # ----------------------------------------------------------------------------- the harness

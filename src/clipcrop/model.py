@@ -85,7 +85,11 @@ class ClipCropModel(
         """Save weights, model card and the *complete* config (defaults filled in), so a checkpoint
         never depends on the defaults of the version that loads it."""
         self._hub_mixin_config = self.config_dict()
-        return super().save_pretrained(save_directory, **kwargs)
+        out = super().save_pretrained(save_directory, **kwargs)
+        from .atomic_files import apply_umask
+
+        apply_umask(save_directory, ("config.json", "model.safetensors", "README.md"))  # safetensors: 0600
+        return out
 
     def config_dict(self) -> dict:
         """The config ``save_pretrained`` writes (kept in sync with ``__init__``'s arguments)."""

@@ -119,4 +119,7 @@ def make_random_owlvit(
         crop_size={"height": s["image_size"], "width": s["image_size"]},
     )
     processor.save_pretrained(out)
+    from .atomic_files import apply_umask
+
+    apply_umask(out / "model.safetensors")  # safetensors writes 0600 whatever the umask
     return out

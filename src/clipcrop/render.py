@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from .atomic_files import write_atomic
 
 COLORS = ["#ff3b30", "#ffcc00", "#34c759", "#0a84ff", "#af52de", "#ff9500", "#5ac8fa", "#ff2d55"]
 FORMATS = {
@@ -71,16 +72,7 @@ def encode_image(image: Image.Image, fmt: str = "jpeg", quality: int = 92) -> tu
 
 
 def save_atomic(image: Image.Image, path: str | os.PathLike, fmt: str = "jpeg") -> Path:
-    """Write an image so that a reader never sees a half-written file (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write an image so that a reader never sees a half-written file (see :mod:`clipcrop.atomic_files`:
+    temporary file, fsync, rename; permissions from the umask)."""
     data, _ = encode_image(image, fmt)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, data)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic_files import apply_umask
 from .errors import ParameterError
 
 logger = logging.getLogger(__name__)
@@ -216,8 +217,11 @@ def publish_complete(tmp: Path, out_dir: Path, step: int, log: logging.Logger) -
     """Mark the fully written checkpoint in ``tmp`` complete and make it ``out_dir``'s content.
 
     The marker comes last so that :func:`recover_checkpoint_dir` can tell a save that was only
-    interrupted while swapping (finish it) from a half-written one (drop it).
+    interrupted while swapping (finish it) from a half-written one (drop it). Every file gets
+    the permissions the umask gives first (safetensors and copied files do not: see
+    :func:`clipcrop.atomic_files.apply_umask`).
     """
+    apply_umask(tmp)
     (tmp / _COMPLETE).write_text(str(step))
     publish_checkpoint(tmp, out_dir)
     log.info("saved checkpoint at step %d to %s", step, out_dir)
