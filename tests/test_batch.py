@@ -225,7 +225,7 @@ def test_batch_cli_usage_errors(tmp_path):
         env=cli_env(),
         timeout=120,
     )
-    assert r.returncode == 1 and "no such file or folder" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "no such file or folder" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r.jsonl").exists()
 
 

@@ -79,7 +79,6 @@ def test_folder_recursion_and_failures(tiny_backbone_dir, photo_dir):
         "crop",
         str(photo_dir),
         str(photo_dir / "notes.txt"),
-        str(photo_dir / "missing.jpg"),
         "--json",
         "--model",
         str(tiny_backbone_dir),
@@ -91,8 +90,8 @@ def test_folder_recursion_and_failures(tiny_backbone_dir, photo_dir):
     assert r.returncode == 1
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     names = [Path(d["image"]).name for d in lines]
-    # folder: images only, sorted, recursive; then the explicit bad inputs, each with an error line
-    assert names == ["astronaut.png", "hopper.jpg", "coffee.png", "notes.txt", "missing.jpg"]
+    # folder: images only, sorted, recursive; then the explicit bad input, with an error line
+    assert names == ["astronaut.png", "hopper.jpg", "coffee.png", "notes.txt"]
     ok = [d for d in lines if d["error"] is None]
     assert len(ok) == 3
     for d in ok:
@@ -100,8 +99,8 @@ def test_folder_recursion_and_failures(tiny_backbone_dir, photo_dir):
             x0, y0, x1, y1 = c["box"]
             assert abs((x1 - x0) - (y1 - y0)) <= 1
     errors = [d for d in lines if d["error"]]
-    assert len(errors) == 2 and "missing.jpg" in errors[1]["error"]
-    assert r.stderr.count("clipcrop: error:") == 2
+    assert len(errors) == 1 and "notes.txt" in errors[0]["error"]
+    assert r.stderr.count("clipcrop: error:") == 1
     assert "Traceback" not in r.stderr
 
 
@@ -117,6 +116,8 @@ def test_usage_errors_exit_2_without_traceback():
         ["crop"],
         ["crop", "x.jpg", "--query", "a", "--image-query", "b.jpg"],
         ["crop", "x.jpg", "--top-k", "x"],
+        ["crop", "x.jpg", "--top-k", "0"],
+        ["crop", "x.jpg"],  # no such file: a usage error, found before the model loads
         ["nonsense"],
     ):
         r = run_cli(*args)
@@ -135,7 +136,7 @@ def test_usage_errors_exit_2_without_traceback():
 )
 def test_bad_parameters_one_error_line(photo_dir, args, needle):
     r = run_cli("crop", str(photo_dir / "astronaut.png"), *args)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len([line for line in r.stderr.splitlines() if line.startswith("clipcrop: error:")]) == 1
 
@@ -145,8 +146,9 @@ def test_help_does_not_import_torch():
         "import sys; from clipcrop.cli import main\n"
         "try:\n    main(['crop', '--help'])\nexcept SystemExit: pass\n"
         "try:\n    main(['crop', 'x.jpg', '--top-k', 'zz'])\nexcept SystemExit: pass\n"
-        "assert main(['crop', 'x.jpg', '--query', '  ']) == 1\n"
-        "assert main(['crop', 'x.jpg', '--aspect', '0:1']) == 1\n"
+        "assert main(['crop', 'x.jpg', '--query', '  ']) == 2\n"
+        "assert main(['crop', 'x.jpg', '--aspect', '0:1']) == 2\n"
+        "assert main(['crop', 'x.jpg']) == 2\n"
         "bad = [m for m in ('torch', 'transformers', 'spacy') if m in sys.modules]\n"
         "assert not bad, bad"
     )

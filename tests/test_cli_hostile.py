@@ -35,7 +35,8 @@ def test_every_hostile_file_gets_one_error_line_and_the_run_goes_on(tiny_backbon
 
 
 def test_hostile_queries_on_the_command_line(tiny_backbone_dir, tmp_path):
-    """Each refused query is one error line and exit 1; accepted ones crop (NUL bytes cannot be argv)."""
+    """Each refused query is one error line and exit 2 (a usage error, found before the model
+    loads); accepted ones crop (NUL bytes cannot be argv)."""
     from conftest import sample_photo
 
     photo = str(sample_photo("coffee.png"))
@@ -50,5 +51,5 @@ def test_hostile_queries_on_the_command_line(tiny_backbone_dir, tmp_path):
         if expect is None:
             assert r.returncode == 0, (name, r.stderr[-500:])
         else:
-            assert r.returncode == 1, name
+            assert r.returncode == 2, name
             assert len([ln for ln in r.stderr.splitlines() if ln.startswith("clipcrop: error:")]) == 1, name

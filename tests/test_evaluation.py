@@ -292,4 +292,9 @@ def test_cli_errors_are_one_line(gaic, tiny_backbone_dir, tmp_path):
     r = run_cli(
         "evaluate", "--dataset", "textcrop", "--root", tmp_path / "nothing", "--model", tiny_backbone_dir
     )
+    assert r.returncode == 2 and "nothing: no such folder" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "nothing").mkdir()
+    r = run_cli(
+        "evaluate", "--dataset", "textcrop", "--root", tmp_path / "nothing", "--model", tiny_backbone_dir
+    )
     assert r.returncode == 1 and "annotations.json" in r.stderr and "Traceback" not in r.stderr

@@ -1,10 +1,13 @@
 """The ``clipcrop`` command.
 
 Each subcommand lives in its own ``cli_<name>`` module exposing ``add_arguments(parser)`` and
-``run(args) -> int``; those modules import torch and the model only inside ``run``, so
-``clipcrop --help`` and argument errors answer without loading torch or transformers.
+``run(args) -> int`` (and optionally ``check(args)``); those modules import torch and the model
+only inside ``run``. Before ``run``, :func:`clipcrop.cli_checks.check_arguments` checks the flags
+(paths, ranges, the model's ``config.json``), so ``clipcrop --help`` and every argument error
+answer in a fraction of a second, without importing torch, transformers or spaCy.
 
-Exit codes: 0 success, 1 some input failed (or a ClipCrop error), 2 usage error, 130 interrupted.
+Exit codes: 0 success, 1 some input failed (or a ClipCrop error), 2 usage error (argparse's, or
+one ``clipcrop: error:`` line from the checks), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import sys
 
 from . import __version__
+from .cli_checks import UsageError, check_arguments
 from .errors import ClipCropError
 
 COMMANDS = {
@@ -29,8 +33,16 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error line: the (sub)command's usage, then ``clipcrop: error: ...``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"clipcrop: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="clipcrop",
         description="Conditioned smart cropping: ranked, aesthetic crops that show what you ask for.",
     )
@@ -46,15 +58,31 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _check=getattr(module, "check", None))
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, reporting unknown flags with the usage of the subcommand they were given to (argparse
+    alone reports them with the top-level usage, which does not show the subcommand's flags)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        owner = subparsers.choices.get(args.command, parser) if args.command else parser
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
+        return 2
+    try:
+        check_arguments(args)
+    except UsageError as exc:
+        print(f"clipcrop: error: {exc}", file=sys.stderr)
         return 2
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

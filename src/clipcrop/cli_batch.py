@@ -53,6 +53,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check(args: argparse.Namespace) -> None:
+    """batch's own flag checks (run by :func:`clipcrop.cli_checks.check_arguments`, before Ray)."""
+    from pathlib import Path
+
+    from .errors import ParameterError
+
+    if args.num_workers is not None and args.num_workers < 1:
+        raise ParameterError(f"--num-workers must be at least 1, got {args.num_workers}")
+    if Path(args.out).is_dir():
+        raise ParameterError(f"--out {args.out}: is a folder; give the results file (JSONL)")
+
+
 def run(args: argparse.Namespace) -> int:
     from .batch import BatchConfig, run_batch
 

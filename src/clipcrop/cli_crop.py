@@ -68,22 +68,12 @@ def load_predictor(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .aspect import parse_aspect
-    from .errors import ClipCropError, ParameterError
+    from .errors import ClipCropError
     from .inputs import expand_inputs
-    from .validation import validate_query, validate_top_k
 
-    if args.batch_size < 1:
-        raise ParameterError("--batch-size must be at least 1")
-    # cheap checks before loading the model
-    from .limits import Limits
-
-    validate_query(args.query, Limits.from_env())
-    validate_top_k(args.top_k, 10**9)
-    parse_aspect(args.aspect)
-    if args.image_query and not Path(args.image_query).is_file():
-        raise ParameterError(f"--image-query {args.image_query}: no such file")
-    items = expand_inputs(args.images)
+    # the flags were checked by cli_checks.check_arguments (before this import of anything heavy),
+    # which also expanded the IMAGE arguments
+    items = getattr(args, "_inputs", None) or expand_inputs(args.images)
     t_start = time.perf_counter()
     if args.query:
         from .keywords import warm_up_in_background
