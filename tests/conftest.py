@@ -21,11 +21,37 @@ def sample_photo(name: str) -> Path:
     return Path(skimage.__file__).parent / "data" / name
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone_dir(tmp_path_factory) -> Path:
+def make_calibrated(tmp_path_factory, name: str, **kwargs) -> Path:
+    """A tiny random OWL-ViT/OWLv2 whose heads are calibrated to behave like pretrained ones
+    (varied boxes, unsaturated probabilities, query-driven ranking; see tests/test_fixtures.py)."""
     from clipcrop.random_models import make_random_owlvit
 
-    return make_random_owlvit(tmp_path_factory.mktemp("owlvit-tiny"), DATA, size="tiny", seed=0)
+    return make_random_owlvit(tmp_path_factory.mktemp(name), DATA, size="tiny", seed=0, calibrate=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory) -> Path:
+    """Calibrated tiny OWL-ViT (96 px, 36 tokens)."""
+    return make_calibrated(tmp_path_factory, "owlvit-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_owlv2_dir(tmp_path_factory) -> Path:
+    """Calibrated tiny OWLv2 (black square padding, objectness head)."""
+    return make_calibrated(tmp_path_factory, "owlv2-tiny", kind="owlv2")
+
+
+@pytest.fixture(scope="session")
+def tiny_large_boxes_dir(tmp_path_factory) -> Path:
+    """Calibrated tiny OWL-ViT with mostly large boxes and class-embedding norms that vary from
+    token to token: where OWL-ViT's image-query rule differs from naive ones."""
+    return make_calibrated(tmp_path_factory, "owlvit-large", large_boxes=True, varied_norms=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_owlv2_large_boxes_dir(tmp_path_factory) -> Path:
+    """The OWLv2 counterpart of :func:`tiny_large_boxes_dir`."""
+    return make_calibrated(tmp_path_factory, "owlv2-large", kind="owlv2", large_boxes=True, varied_norms=True)
 
 
 TINY_DECODER = {

@@ -41,7 +41,13 @@ def test_modes_and_result_shape(fixture, request):
         assert all(isinstance(v, int) for v in c.box)
         assert 0 <= x0 < x1 <= result.width and 0 <= y0 < y1 <= result.height
         assert 0.0 <= c.score <= 1.0
-    assert result.keywords == ["woman", "uniform"]
+    # keywords whose best token is implausible (probability under min_score) are dropped
+    kept = set(result.keywords)
+    assert kept <= {"woman", "uniform"}
+    everything = cc.__class__(cc.backbone, cc.model, selection={"min_score": 0.0}).crop(
+        HOPPER, query="a woman in uniform", top_k=3
+    )
+    assert everything.keywords == ["woman", "uniform"]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_cc", "tiny_free_cc"])
@@ -154,35 +160,10 @@ def test_boxes_map_back_for_non_square_images(tiny_free_cc):
 
 
 @pytest.mark.parametrize("model_type", ["owlvit", "owlv2"])
-def test_backbone_boxes_are_relative_to_the_upright_image(tiny_backbone_dir, model_type, tmp_path):
+def test_backbone_boxes_are_relative_to_the_upright_image(tiny_backbone_dir, tiny_owlv2_dir, model_type):
     """OWL-ViT stretches (boxes already image fractions); OWLv2 pads bottom/right to a square."""
     if model_type == "owlv2":
-        from transformers import Owlv2Config, Owlv2ForObjectDetection
-
-        cfg = Owlv2Config(
-            text_config={
-                "vocab_size": 49408,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 4,
-                "max_position_embeddings": 16,
-            },
-            vision_config={
-                "image_size": 64,
-                "patch_size": 16,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 4,
-            },
-            projection_dim=32,
-        )
-        model = Owlv2ForObjectDetection(cfg)
-        from clipcrop.backbone import Preprocessing
-
-        prep = Preprocessing(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 2, pad_to_square=True)
-        bb = Backbone(model, None, prep, "tiny-owlv2")
+        bb = Backbone.from_pretrained(tiny_owlv2_dir)
     else:
         bb = Backbone.from_pretrained(tiny_backbone_dir)
     n = bb.model.box_bias.shape[0]
@@ -264,7 +245,8 @@ def test_clipcrop_model_env_default(tiny_backbone_dir, monkeypatch):
 def test_result_json(tiny_cc):
     result = tiny_cc.crop(HOPPER, query="a woman", top_k=2)
     d = result.to_dict()
-    assert set(d) == {"image", "width", "height", "query", "crops", "error"}
+    assert set(d) == {"image", "width", "height", "query", "crops", "error", "truncated"}
+    assert d["truncated"] is False
     assert d["query"] == "a woman" and d["error"] is None
     assert set(d["crops"][0]) == {"box", "score"}
     ext = result.to_dict(extended=True)

@@ -97,3 +97,47 @@ def round_box(
     ix0 = min(max(round(x0), 0), width - w)
     iy0 = min(max(round(y0), 0), height - h)
     return int(ix0), int(iy0), int(ix0 + w), int(iy0 + h)
+
+
+#: default smallest crop: a crop must keep at least this share of the image's area ...
+MIN_CROP_AREA = 0.05
+#: ... and this many pixels on each side (a 1-px sliver is never a useful crop)
+MIN_CROP_SIDE = 16
+
+
+def enforce_min_size(
+    box: np.ndarray,
+    width: float,
+    height: float,
+    *,
+    min_area: float = MIN_CROP_AREA,
+    min_side: float = MIN_CROP_SIDE,
+    ratio: float | None = None,
+) -> np.ndarray:
+    """Grow one xyxy pixel box around its centre to the minimum crop size, inside the image.
+
+    The minimum is ``min_area`` of the image's area and ``min_side`` pixels per side (each
+    capped by the image itself). With ``ratio`` (the box already has it: call after
+    :func:`fit_aspect`) both sides grow together so the ratio holds; a box already large enough
+    is returned unchanged.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    w, h = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
+    need_area = min_area * width * height
+    side_w, side_h = min(min_side, width), min(min_side, height)
+    if ratio is not None:
+        grow = max(1.0, np.sqrt(need_area / (w * h)), side_w / w, side_h / h)
+        w, h = w * grow, h * grow
+        shrink = min(1.0, width / w, height / h)  # the ratio's largest box is the ceiling
+        w, h = w * shrink, h * shrink
+    else:
+        w, h = max(w, side_w), max(h, side_h)
+        if w * h < need_area:
+            grow = np.sqrt(need_area / (w * h))
+            w, h = min(w * grow, width), min(h * grow, height)
+            # one side hit the image border: the other takes the rest of the area
+            w, h = min(max(w, need_area / h), width), min(max(h, need_area / w), height)
+    nx0 = min(max(cx - w / 2, 0.0), width - w)
+    ny0 = min(max(cy - h / 2, 0.0), height - h)
+    return np.array([nx0, ny0, nx0 + w, ny0 + h], dtype=np.float64)

@@ -20,15 +20,14 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .box_ops import box_cxcywh_to_xyxy, box_iou
+from .box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 from .errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -43,10 +42,17 @@ class ImageFeatures:
 
     Attributes:
         tokens: (B, N, D) image tokens ``t_img`` (OWL-ViT's ``image_embeds`` flattened).
-        boxes: (B, N, 4) initial boxes ``b_ini``, normalised xyxy relative to the upright image.
+        boxes: (B, N, 4) initial boxes ``b_ini``, normalised xyxy relative to the upright image,
+            clamped to it.
         class_embeds: (B, N, Dq) L2-normalised class embeddings (what queries are compared with).
         logit_shift: (B, N) OWL-ViT's learned per-token logit shift.
         logit_scale: (B, N) OWL-ViT's learned per-token logit scale (already ``elu + 1``).
+        raw_class_embeds: (B, N, Dq) the class head's ``dense0`` output before normalisation:
+            OWL-ViT's image-guided detection picks its query token with these (their norms vary
+            from token to token, so the rule differs from one on ``class_embeds``).
+        model_boxes: (B, N, 4) the same boxes, xyxy normalised to the model's input frame (OWLv2:
+            the padded square) and *not* clamped, as transformers' post-processing sees them.
+        objectness: (B, N) OWLv2's objectness logits; None for OWL-ViT (it has no such head).
     """
 
     tokens: torch.Tensor
@@ -54,17 +60,35 @@ class ImageFeatures:
     class_embeds: torch.Tensor
     logit_shift: torch.Tensor
     logit_scale: torch.Tensor
+    raw_class_embeds: torch.Tensor | None = None
+    model_boxes: torch.Tensor | None = None
+    objectness: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # hand-built features (tests, training caches) may omit the image-query extras
+        if self.raw_class_embeds is None:
+            self.raw_class_embeds = self.class_embeds
+        if self.model_boxes is None:
+            self.model_boxes = self.boxes
 
     def __getitem__(self, index: int | slice) -> ImageFeatures:
         """Slice the batch dimension, keeping it (``feats[i]`` has B = 1)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         return ImageFeatures(
-            self.tokens[index],
-            self.boxes[index],
-            self.class_embeds[index],
-            self.logit_shift[index],
-            self.logit_scale[index],
+            **{
+                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
+                for f in fields(self)
+            }
+        )
+
+    def to(self, device: torch.device | str) -> ImageFeatures:
+        """All tensors moved to ``device``."""
+        return ImageFeatures(
+            **{
+                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
+                for f in fields(self)
+            }
         )
 
     def logits(self, query_embeds: torch.Tensor) -> torch.Tensor:
@@ -83,18 +107,33 @@ class ImageFeatures:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images become ``pixel_values``; read from the checkpoint's ``preprocessor_config.json``
-    so the transform always matches the weights."""
+    """What the checkpoint's image processor does, for code that plans inputs around it.
 
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resample: int
-    pad_to_square: bool  # OWLv2: pad bottom/right to a square (value 0.5 after rescaling) first
+    The pixels themselves always come from the checkpoint's own transformers image processor
+    (``preprocessor_config.json``), so they match what the weights were trained with exactly.
+    """
+
+    size: int  # side of the square model input
+    pad_to_square: bool  # OWLv2: pad bottom/right with black to a square before resizing
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """The embedding OWL-ViT's image-guided detection would use for a query image.
+
+    Attributes:
+        embedding: (Dq,) the chosen token's raw class embedding (float32, CPU).
+        token: index of the chosen token among the query image's N tokens.
+        box: (4,) that token's box, normalised xyxy of the upright query image.
+    """
+
+    embedding: torch.Tensor
+    token: int
+    box: torch.Tensor
 
 
 class Backbone:
-    """OWL-ViT (or OWLv2) detection model plus tokenizer and preprocessing.
+    """OWL-ViT (or OWLv2) detection model plus tokenizer and image processor.
 
     Build with :meth:`from_pretrained`. Thread-safe for inference (the text cache is locked).
     """
@@ -103,13 +142,14 @@ class Backbone:
         self,
         model: torch.nn.Module,
         tokenizer,
-        preprocessing: Preprocessing,
+        processor,
         name: str,
         text_cache_size: int = 1024,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.preprocessing = preprocessing
+        self.processor = processor
+        self.preprocessing = _describe_processor(processor, model.config)
         self.name = name
         self.model_type: str = model.config.model_type
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -134,9 +174,18 @@ class Backbone:
             ModelLoadError: the folder or hub id cannot be loaded; the message says whether the Hub
                 was unreachable or offline and how to pass a local folder instead.
         """
-        from transformers import AutoConfig, AutoTokenizer, Owlv2ForObjectDetection, OwlViTForObjectDetection
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoTokenizer,
+            Owlv2ForObjectDetection,
+            OwlViTForObjectDetection,
+        )
 
         name = str(name_or_dir)
+        from .hub_access import stay_local
+
+        local_files_only = stay_local(name, local_files_only)  # Hub unreachable: the cache, at once
         kwargs = {} if local_files_only is None else {"local_files_only": local_files_only}
         try:
             config = AutoConfig.from_pretrained(name, **kwargs)
@@ -151,13 +200,11 @@ class Backbone:
         try:
             model = model_cls.from_pretrained(name, dtype=dtype or torch.float32, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-            preprocessing = _read_preprocessing(name, config, kwargs)
-        except ModelLoadError:
-            raise
+            processor = AutoImageProcessor.from_pretrained(name, **kwargs)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(describe_load_failure(name, exc)) from exc
         model.requires_grad_(False)
-        return cls(model.to(device), tokenizer, preprocessing, name)
+        return cls(model.to(device), tokenizer, processor, name)
 
     @property
     def device(self) -> torch.device:
@@ -172,24 +219,25 @@ class Backbone:
         """D, the width of the image tokens."""
         return int(self.model.config.vision_config.hidden_size)
 
+    @property
+    def text_model(self) -> torch.nn.Module:
+        """The CLIP part holding the text tower (``model.owlvit`` or ``model.owlv2``)."""
+        return self.model.base_model
+
+    @property
+    def max_text_tokens(self) -> int:
+        """How many tokens the text tower reads (16 for OWL-ViT and OWLv2), start/end included."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
     # ------------------------------------------------------------------ images
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB PIL images -> (B, 3, S, S) float ``pixel_values`` on the backbone's device."""
-        p = self.preprocessing
-        arrays = []
-        for img in images:
-            if p.pad_to_square:
-                side = max(img.size)
-                canvas = Image.new("RGB", (side, side), (128, 128, 128))
-                canvas.paste(img, (0, 0))
-                img = canvas
-            arr = np.asarray(img.resize((p.size, p.size), resample=p.resample), dtype=np.float32)
-            arrays.append(arr)
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        mean = torch.tensor(p.mean).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(p.std).view(1, 3, 1, 1) * 255.0
-        batch = (batch - mean) / std
-        return batch.to(device=self.device, dtype=self.dtype)
+        """RGB PIL images -> (B, 3, S, S) float ``pixel_values`` on the backbone's device.
+
+        The checkpoint's own image processor does it (OWL-ViT: resize to S x S; OWLv2: pad
+        bottom/right with black to a square, anti-aliased resize), so pixels match transformers'.
+        """
+        out = self.processor(images=[img.convert("RGB") for img in images], return_tensors="pt")
+        return out["pixel_values"].to(device=self.device, dtype=self.dtype)
 
     @torch.no_grad()
     def encode(
@@ -211,7 +259,8 @@ class Backbone:
         feature_map = model.image_embedder(pixel_values=pixel_values)[0]  # (B, h, w, D)
         b, h, w, d = feature_map.shape
         tokens = feature_map.reshape(b, h * w, d)
-        boxes = box_cxcywh_to_xyxy(model.box_predictor(tokens, feature_map))  # (B, N, 4) square-normalised
+        model_boxes = box_cxcywh_to_xyxy(model.box_predictor(tokens, feature_map))  # (B, N, 4)
+        boxes = model_boxes
         if self.preprocessing.pad_to_square and image_sizes is not None:
             scale = torch.tensor(
                 [
@@ -224,11 +273,12 @@ class Backbone:
             boxes = boxes * scale[:, None, :]
         boxes = boxes.clamp(0.0, 1.0)
         head = model.class_head
-        class_embeds = head.dense0(tokens)
-        class_embeds = class_embeds / (class_embeds.norm(dim=-1, keepdim=True) + 1e-6)
+        raw = head.dense0(tokens)
+        class_embeds = raw / (raw.norm(dim=-1, keepdim=True) + 1e-6)
         shift = head.logit_shift(tokens)[..., 0]
         scale_ = (F.elu(head.logit_scale(tokens)) + 1)[..., 0]
-        return ImageFeatures(tokens, boxes, class_embeds, shift, scale_)
+        objectness = model.objectness_predictor(tokens) if hasattr(model, "objectness_predictor") else None
+        return ImageFeatures(tokens, boxes, class_embeds, shift, scale_, raw, model_boxes, objectness)
 
     # ------------------------------------------------------------------ queries
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -262,55 +312,68 @@ class Backbone:
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """(T, Dq) text embeddings on the model's device, in its dtype, *with* gradients when
         enabled: the one text-tower call, behind :meth:`embed_texts` (cached, no-grad) and
-        backbone fine-tuning (which trains through it)."""
-        max_len = int(self.model.config.text_config.max_position_embeddings)
+        backbone fine-tuning (which trains through it). Texts longer than
+        :attr:`max_text_tokens` are cut there, as transformers' processor cuts them
+        (:meth:`is_truncated` tells)."""
         # pad to the longest text, not to 16: CLIP's text tower is causal and pools at the end
         # token, so padding after it cannot change the embedding, only cost time
         enc = self.tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=max_len, return_tensors="pt"
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_text_tokens,
+            return_tensors="pt",
         )
-        out = self.model.owlvit.get_text_features(
+        out = self.text_model.get_text_features(
             input_ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device)
         )
         return out.pooler_output if hasattr(out, "pooler_output") else out
 
-    @torch.no_grad()
-    def embed_image_query(self, features: ImageFeatures) -> torch.Tensor:
-        """One embedding (Dq,) for a query image, chosen as OWL-ViT's image-guided detection does.
+    def is_truncated(self, text: str) -> bool:
+        """True when ``text`` has more tokens than the text tower reads (the rest is not seen)."""
+        return len(self.tokenizer(text, truncation=False)["input_ids"]) > self.max_text_tokens
 
-        Among the query image's tokens whose box overlaps the whole image at >= 80% of the best
-        IoU, take the one *least* similar to the mean embedding: the most distinctive object,
-        not the background.
+    @torch.no_grad()
+    def image_query(self, features: ImageFeatures) -> ImageQuery:
+        """The query embedding for a query image, chosen as transformers' ``image_guided_detection``
+        chooses it.
+
+        OWL-ViT: among the tokens whose (unclamped) box overlaps the whole image at >= 80 % of the
+        best IoU (generalised IoU when no box overlaps it at all), the one whose raw class
+        embedding is *least* similar to the mean raw embedding: the most distinctive object, not
+        the background. OWLv2: the token with the highest objectness.
 
         Args:
             features: :class:`ImageFeatures` of the query image (B = 1).
         """
-        boxes = features.boxes[0].float()
-        whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=boxes.device)
-        ious = box_iou(whole, boxes)[0][0]
-        selected = (ious >= ious.max() * 0.8).nonzero().flatten()
-        embeds = features.class_embeds[0].float()
-        mean = embeds.mean(dim=0)
-        best = selected[torch.argmin(embeds[selected] @ mean)]
-        return embeds[best].cpu()
+        raw = features.raw_class_embeds[0].float()
+        if features.objectness is not None:
+            best = int(torch.argmax(features.objectness[0]))
+        else:
+            boxes = features.model_boxes[0].float()
+            whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=boxes.device)
+            ious = box_iou(whole, boxes)[0][0]
+            if bool(torch.all(ious == 0.0)):
+                ious = generalized_box_iou(whole, boxes)[0]
+            selected = (ious >= ious.max() * 0.8).nonzero().flatten()
+            mean = raw.mean(dim=0)
+            best = int(selected[torch.argmin(raw[selected] @ mean)])
+        return ImageQuery(raw[best].cpu(), best, features.boxes[0, best].float().cpu())
+
+    def embed_image_query(self, features: ImageFeatures) -> torch.Tensor:
+        """(Dq,) embedding of :meth:`image_query` (see there)."""
+        return self.image_query(features).embedding
 
 
-def _read_preprocessing(name: str, config, kwargs: dict) -> Preprocessing:
-    """Preprocessing settings from the checkpoint's ``preprocessor_config.json`` (defaults per model type)."""
-    from transformers import AutoImageProcessor
-
-    processor = AutoImageProcessor.from_pretrained(name, **kwargs)
-    settings = processor.to_dict()
-    size = settings.get("size") or {}
-    if isinstance(size, dict):
-        side = int(size.get("height") or size.get("shortest_edge") or config.vision_config.image_size)
+def _describe_processor(processor, config) -> Preprocessing:
+    """Side and padding of a transformers OWL-ViT/OWLv2 image processor."""
+    size = getattr(processor, "size", None) or {}
+    if isinstance(size, dict) or hasattr(size, "get"):
+        side = size.get("height") or size.get("shortest_edge")
     else:
-        side = int(size)
+        side = size
     return Preprocessing(
-        size=side,
-        mean=tuple(float(v) for v in settings["image_mean"]),
-        std=tuple(float(v) for v in settings["image_std"]),
-        resample=int(settings.get("resample") or Image.BICUBIC),
+        size=int(side or config.vision_config.image_size),
         pad_to_square=config.model_type == "owlv2",
     )
 
@@ -331,20 +394,16 @@ def describe_load_failure(name: str, exc: BaseException) -> str:
         return f"{name}: is a file; pass the folder that holds config.json and the weights"
     if looks_local:
         return f"{name}: no such folder"
+    from . import hub_access
+
     text = f"{type(exc).__name__}: {exc}"
     if offline:
-        return (
-            f"cannot load {name!r}: HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache. "
-            f"Download it on a machine with internet access (huggingface-cli download {name}) "
-            f"or pass a local folder with --model /path/to/folder"
-        )
-    hint = (
-        "the Hugging Face Hub could not be reached"
-        if _is_connection_error(exc)
-        else "it is not a model on the Hugging Face Hub or a local folder"
-    )
+        return hub_access.offline_message(name)
+    if hub_access.hub_was_unreachable() or _is_connection_error(exc):
+        return hub_access.unreachable_message(name)
     return (
-        f"cannot load {name!r}: {hint} ({text.splitlines()[0][:300]}). "
+        f"cannot load {name!r}: it is not a model on the Hugging Face Hub or a local folder "
+        f"({text.splitlines()[0][:300]}). "
         f"Pass a local folder holding an OWL-ViT or ClipCrop checkpoint with --model /path/to/folder "
         f"(or CLIPCROP_MODEL), or set HF_HUB_OFFLINE=1 to use the local cache only"
     )

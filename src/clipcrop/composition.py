@@ -162,6 +162,32 @@ def rank_candidates(
     return Candidates(boxes=boxes, scores=np.asarray(scores, dtype=np.float64))
 
 
+#: sides of the crops that fill up a short list, as fractions of the image's sides
+FILL_FRACTIONS = (0.35, 0.5, 0.65, 0.8, 0.9)
+
+
+def fill_candidates(subject: np.ndarray, width: int, height: int, ratio: float | None = None) -> Candidates:
+    """Crops spread over the whole image (five sizes x a 3 x 3 grid of places), scored like
+    :func:`rank_candidates` around ``subject``: distinct alternatives for when the candidates of
+    a mode round to fewer distinct crops than were asked for. Normalised xyxy, unsorted."""
+    out = []
+    for f in FILL_FRACTIONS:
+        cw, ch = f * width, f * height
+        if ratio is not None:  # same area, in the ratio, inside the image
+            cw, ch = np.sqrt(cw * ch * ratio), np.sqrt(cw * ch / ratio)
+            shrink = min(1.0, width / cw, height / ch)
+            cw, ch = cw * shrink, ch * shrink
+        for x0 in (0.0, (width - cw) / 2, width - cw):
+            for y0 in (0.0, (height - ch) / 2, height - ch):
+                out.append([x0, y0, x0 + cw, y0 + ch])
+    boxes = np.asarray(out, dtype=np.float64) / np.array([width, height, width, height], dtype=np.float64)
+    boxes = np.clip(boxes, 0.0, 1.0)
+    scores = composition_scores(
+        boxes, np.asarray(subject, dtype=np.float64), np.zeros((0, 4)), width / height
+    )
+    return Candidates(boxes=boxes, scores=np.asarray(scores, dtype=np.float64))
+
+
 def smaller_over_larger(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Element-wise min(a, b) / max(a, b) of non-negative margins; 1 where both are 0 (balanced)."""
     hi = np.maximum(a, b)

@@ -9,6 +9,8 @@ backbone named in the config is loaded from the Hub or its folder.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,12 +20,24 @@ from torch import nn
 from .decoder import CropDecoder, DecoderConfig
 
 CHECKPOINT_FORMAT = "clipcrop/1"
+#: OWL-ViT was trained on prompts like "a photo of a cat" (its ensembles average such templates),
+#: so a bare keyword ("dog") is embedded inside this template; the full query is a sentence
+#: already and goes in as written
+PROMPT_TEMPLATE = "a photo of a {}"
 DEFAULT_SELECTION = {
+    # a selection whose OWL-ViT probability is under this is dropped (the best one is always
+    # kept). Pretrained OWL-ViT puts almost every token of a photo under 0.01 for a query and
+    # real matches from about 0.1 up (its docs threshold text queries at 0.1); half of that
+    # keeps a keyword that matches weakly without letting background tokens widen ``b_u``
     "min_score": 0.05,
     "max_keywords": 8,
     "use_full_text": True,
     "use_keywords": True,
     "use_text": True,
+    "prompt_template": PROMPT_TEMPLATE,
+    # training-free mode: detections of the generic object prompts at or above this probability
+    # count as "other objects" a crop should not cut: OWL-ViT's documented 0.1 for text queries
+    "object_threshold": 0.1,
 }
 #: the paper's ablation variants (section 4.6) as selection settings
 VARIANTS = {
@@ -100,3 +114,38 @@ class ClipCropModel(
             "clipcrop_format": self.clipcrop_format,
             **self.extra,
         }
+
+
+#: the folder name of a backbone saved inside a checkpoint (fine-tuned with it)
+INSIDE_BACKBONE = "backbone"
+
+
+def portable_backbone_ref(backbone: str, checkpoint_dir: str | os.PathLike, *, inside: bool = False) -> str:
+    """How a checkpoint written to ``checkpoint_dir`` names its backbone, so it survives a move.
+
+    A backbone saved inside the checkpoint is ``"backbone"``; a local folder beside the
+    checkpoint (sharing its parent, or below it) is a path relative to the checkpoint
+    (``"../owlvit"``); a Hub id stays a Hub id; any other local folder stays absolute (moving
+    the checkpoint alone cannot break it).
+    """
+    if inside:
+        return INSIDE_BACKBONE
+    path = Path(backbone).expanduser()
+    if not path.is_dir():
+        return backbone  # a Hub id
+    target = path.resolve()
+    home = Path(checkpoint_dir).expanduser().resolve()
+    if target.parent in (home.parent, home) or home in target.parents:
+        return os.path.relpath(target, home)
+    return str(target)
+
+
+def resolve_backbone_ref(ref: str, checkpoint_dir: str | os.PathLike | None) -> str:
+    """The folder or Hub id a checkpoint's ``backbone`` entry points at: relative paths are
+    taken from the checkpoint folder; Hub ids and absolute paths are returned unchanged."""
+    if checkpoint_dir is None:
+        return ref
+    home = Path(checkpoint_dir).expanduser()
+    if ref == INSIDE_BACKBONE or ref.startswith((".", "..")) or (home / ref).is_dir():
+        return str((home / ref).resolve())
+    return ref

@@ -26,15 +26,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .aspect import MIN_CROP_AREA, MIN_CROP_SIDE, enforce_min_size
 from .backbone import DEFAULT_BACKBONE, Backbone, ImageFeatures, describe_load_failure, is_backbone_dir
 from .box_ops import box_cxcywh_to_xyxy, fit_aspect, fraction_inside_np, nms_np, parse_aspect, round_box
-from .composition import rank_candidates, salient_objects
-from .errors import ModelLoadError, ParameterError
+from .composition import fill_candidates, rank_candidates, salient_objects
+from .detection import DetectionResult, rank_detections
+from .errors import ModelLoadError, ParameterError, QueryError
 from .imageio import ImageSource, LoadedImage, load_image
-from .keywords import extract_keywords
 from .limits import Limits
-from .model import ClipCropModel
-from .selection import Selection, ensure_min_size, select_tokens, unconditioned
+from .model import DEFAULT_SELECTION, INSIDE_BACKBONE, ClipCropModel, resolve_backbone_ref
+from .selection import Selection, condition_texts, ensure_min_size, select_tokens, unconditioned
 from .validation import validate_query, validate_query_pair, validate_top_k
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ MODE_TRAINED = "trained"
 MODE_TRAINING_FREE = "training-free"
 #: prompts whose detections stand for "other objects" in training-free composition scoring
 OBJECT_PROMPTS = ("a photo of an object", "a person", "an animal", "a face")
+#: most detections one ``detect`` call returns (OWL-ViT B/32 has 576 tokens, B/16 2304)
+_MAX_DETECTIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class CropResult(Sequence[Crop]):
         image: display name of the image.
         union_box: ``b_u`` in pixels (xyxy ints); the whole image when unconditioned.
         keywords: keywords that selected tokens (after filtering).
+        truncated: the text query had more tokens than OWL-ViT reads (16): the full text was
+            embedded cut there, while its keywords still carry the rest.
         timings: seconds per stage (decode, preprocess, backbone, keywords, select, decoder, postprocess).
     """
 
@@ -82,6 +87,7 @@ class CropResult(Sequence[Crop]):
     union_box: tuple[int, int, int, int]
     keywords: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    truncated: bool = False
 
     def __getitem__(self, index):  # type: ignore[override]
         return self.crops[index]
@@ -104,6 +110,8 @@ class CropResult(Sequence[Crop]):
         }
         if self.image_query is not None:
             out["image_query"] = self.image_query
+        if self.query is not None:
+            out["truncated"] = self.truncated
         if extended:
             out.update(
                 mode=self.mode,
@@ -116,7 +124,11 @@ class CropResult(Sequence[Crop]):
 
 @dataclass
 class Condition:
-    """A prepared condition: embeddings (W, Dq) with their labels; W = 0 means unconditioned."""
+    """A prepared condition: embeddings (W, Dq) with their labels; W = 0 means unconditioned.
+
+    ``truncated``: the full text was longer than the text tower reads. ``query_token``: for an
+    image query, the query image's token whose embedding is used (OWL-ViT's rule).
+    """
 
     kind: str  # "text" | "image" | "none"
     embeds: torch.Tensor
@@ -124,6 +136,8 @@ class Condition:
     query: str | None = None
     image_query: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    truncated: bool = False
+    query_token: int | None = None
 
 
 class EncodedImage:
@@ -159,6 +173,13 @@ class EncodedImage:
         condition = self.predictor.prepare_condition(query, image_query)
         return self.predictor.crop_encoded(self, condition, top_k=top_k, aspect_ratio=aspect_ratio)
 
+    def detect(
+        self, query: str | None = None, *, image_query: ImageSource | None = None, top_k: int = 5
+    ) -> DetectionResult:
+        """OWL-ViT's detections for a text or image query (see :meth:`ClipCrop.detect`)."""
+        condition = self.predictor.prepare_condition(query, image_query, whole_text=True)
+        return self.predictor.detect_encoded(self, condition, top_k=top_k)
+
 
 class ClipCrop:
     """Conditioned smart cropping. Build with :meth:`from_pretrained`.
@@ -169,6 +190,11 @@ class ClipCrop:
         limits: input limits shared by every surface.
         nms_iou: crops overlapping a better one above this IoU are dropped, so the top-k are
             distinct alternatives (1.0 switches suppression off).
+        selection: overrides of the selection settings (keys of
+            :data:`clipcrop.model.DEFAULT_SELECTION`: ``min_score``, ``prompt_template``,
+            ``object_threshold``, ...); a trained checkpoint's own settings are the base.
+        min_crop_area, min_crop_side: the smallest crop returned, as a share of the image's area
+            and in pixels per side (both modes; capped by the image): a sliver is never a crop.
     """
 
     def __init__(
@@ -179,6 +205,9 @@ class ClipCrop:
         limits: Limits | None = None,
         nms_iou: float = 0.7,
         name: str | None = None,
+        selection: dict | None = None,
+        min_crop_area: float = MIN_CROP_AREA,
+        min_crop_side: int = MIN_CROP_SIDE,
     ) -> None:
         self.backbone = backbone
         self.model = model.eval() if model is not None else None
@@ -187,11 +216,17 @@ class ClipCrop:
         self.name = name or backbone.name
         if self.model is not None:
             self.model.to(backbone.device)
-        self.selection_settings = (
-            dict(self.model.selection)
-            if self.model is not None
-            else {"min_score": 0.05, "max_keywords": 8, "use_full_text": True, "use_keywords": True}
-        )
+        unknown = set(selection or {}) - set(DEFAULT_SELECTION)
+        if unknown:
+            raise ParameterError(
+                f"unknown selection settings: {', '.join(sorted(unknown))} (known: {', '.join(DEFAULT_SELECTION)})"
+            )
+        base = self.model.selection if self.model is not None else DEFAULT_SELECTION
+        self.selection_settings = {**DEFAULT_SELECTION, **base, **(selection or {})}
+        if not 0.0 <= float(min_crop_area) <= 1.0 or int(min_crop_side) < 1:
+            raise ParameterError("min_crop_area must be in [0, 1] and min_crop_side at least 1 pixel")
+        self.min_crop_area = float(min_crop_area)
+        self.min_crop_side = int(min_crop_side)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -205,6 +240,10 @@ class ClipCrop:
         quantize: str | None = None,
         local_files_only: bool | None = None,
         nms_iou: float = 0.7,
+        backbone: str | os.PathLike | None = None,
+        selection: dict | None = None,
+        min_crop_area: float = MIN_CROP_AREA,
+        min_crop_side: int = MIN_CROP_SIDE,
     ) -> ClipCrop:
         """Load plain OWL-ViT/OWLv2 weights (training-free mode) or a trained ClipCrop checkpoint.
 
@@ -213,6 +252,9 @@ class ClipCrop:
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPU).
             quantize: ``"int8"`` for CPU dynamic quantisation of the backbone's linear layers.
+            backbone: for a trained checkpoint, load this OWL-ViT folder or Hub id instead of the
+                one the checkpoint names (for example after moving it).
+            selection, min_crop_area, min_crop_side: see :class:`ClipCrop`.
 
         Raises:
             ModelLoadError: cannot be loaded (message says why: missing folder, offline, not found...).
@@ -230,6 +272,9 @@ class ClipCrop:
             raise ParameterError(f"quantize int8 cannot be combined with precision {precision}; use fp32")
         if quantize == "int8" and not device.startswith("cpu"):
             raise ParameterError(f"quantize int8 runs on CPU only, not on device {device!r}")
+        from .hub_access import stay_local
+
+        local_files_only = stay_local(name, local_files_only)  # Hub unreachable: the cache, at once
         config = _read_config(name, local_files_only)
         model = None
         backbone_name = name
@@ -241,14 +286,26 @@ class ClipCrop:
                     model = ClipCropModel.from_pretrained(name, local_files_only=bool(local_files_only))
             except Exception as exc:  # noqa: BLE001
                 raise ModelLoadError(describe_load_failure(name, exc)) from exc
-            local = Path(name) / "backbone"
-            backbone_name = str(local) if local.is_dir() else model.backbone_name
+            backbone_name = str(backbone) if backbone is not None else _checkpoint_backbone(name, model)
         elif config.get("model_type") not in ("owlvit", "owlv2"):
             raise ModelLoadError(
                 f"{name!r} is neither an OWL-ViT/OWLv2 checkpoint nor a ClipCrop checkpoint "
                 f"(config.json has model_type={config.get('model_type')!r})"
             )
-        backbone = Backbone.from_pretrained(backbone_name, device=device, local_files_only=local_files_only)
+        elif backbone is not None:
+            raise ParameterError(f"{name!r} is an OWL-ViT model itself; backbone= is for trained checkpoints")
+        try:
+            backbone_model = Backbone.from_pretrained(
+                backbone_name, device=device, local_files_only=local_files_only
+            )
+        except ModelLoadError as exc:
+            if model is None:
+                raise
+            raise ModelLoadError(
+                f"checkpoint {name!r} refers to backbone {backbone_name!r}, which cannot be loaded ({exc}); "
+                "point at another copy with --backbone DIR_OR_HUB_ID (CLI) or backbone= (Python)"
+            ) from exc
+        backbone = backbone_model
         if dtype != torch.float32:
             backbone.model.to(dtype)
         if quantize == "int8":
@@ -259,7 +316,16 @@ class ClipCrop:
                 backbone.model = torch.ao.quantization.quantize_dynamic(
                     backbone.model, {torch.nn.Linear}, dtype=torch.qint8
                 )
-        predictor = cls(backbone, model, limits=limits, nms_iou=nms_iou, name=name)
+        predictor = cls(
+            backbone,
+            model,
+            limits=limits,
+            nms_iou=nms_iou,
+            name=name,
+            selection=selection,
+            min_crop_area=min_crop_area,
+            min_crop_side=min_crop_side,
+        )
         logger.info(
             "loaded %s (%s mode, backbone %s, device %s)", name, predictor.mode, backbone_name, device
         )
@@ -325,39 +391,97 @@ class ClipCrop:
         return [EncodedImage(self, li, features[i], timings) for i, li in enumerate(loaded)]
 
     def prepare_condition(
-        self, query: str | None = None, image_query: ImageSource | None = None
+        self,
+        query: str | None = None,
+        image_query: ImageSource | None = None,
+        *,
+        whole_text: bool = False,
     ) -> Condition:
-        """Validate and embed a condition (text embeddings are cached inside the backbone)."""
+        """Validate and embed a condition (text embeddings are cached inside the backbone).
+
+        Args:
+            whole_text: embed the text as one query, without keywords (detections use it so).
+        """
         validate_query_pair(query, image_query)
         if image_query is not None:
             t0 = time.perf_counter()
             enc = self.encode(image_query)
-            emb = self.backbone.embed_image_query(enc.features)[None]
+            chosen = self.backbone.image_query(enc.features)
             return Condition(
                 "image",
-                emb,
+                chosen.embedding[None],
                 ["image query"],
                 image_query=enc.loaded.name,
                 timings={"query_image": time.perf_counter() - t0},
+                query_token=chosen.token,
             )
         text = validate_query(query, self.limits)
-        if text is None or not self.selection_settings.get("use_text", True):
+        use_text = whole_text or self.selection_settings.get("use_text", True)
+        if text is None or not use_text:
             # the "base" variant is trained without text: it crops un-conditioned whatever is asked
             return Condition("none", torch.zeros(0, 1), [], query=text)
         t0 = time.perf_counter()
-        settings = self.selection_settings
-        keywords = (
-            list(extract_keywords(text, int(settings.get("max_keywords", 8))))
-            if settings.get("use_keywords", True)
-            else []
-        )
-        texts = ([text] if settings.get("use_full_text", True) or not keywords else []) + keywords
-        labels = ["full text" if t == text else t for t in texts]
+        if whole_text:
+            texts, labels = [text], ["full text"]
+        else:
+            texts, labels = condition_texts(text, self.selection_settings)
         t1 = time.perf_counter()
         embeds = self.backbone.embed_texts(texts)
         t2 = time.perf_counter()
         return Condition(
-            "text", embeds, labels, query=text, timings={"keywords": t1 - t0, "text_encoder": t2 - t1}
+            "text",
+            embeds,
+            labels,
+            query=text,
+            timings={"keywords": t1 - t0, "text_encoder": t2 - t1},
+            truncated=self.backbone.is_truncated(text),
+        )
+
+    def detect(
+        self,
+        image: ImageSource,
+        query: str | None = None,
+        *,
+        image_query: ImageSource | None = None,
+        top_k: int = 5,
+    ) -> DetectionResult:
+        """OWL-ViT's own detections for a text or an image query, best first.
+
+        The raw view the crops are built on: each of the ``top_k`` image tokens with the highest
+        logit, its box in float pixels of the upright image (clamped to it), ``score`` (the
+        OWL-ViT probability), ``logit`` and ``token``. The text is used whole (no keywords), as
+        transformers' ``post_process_grounded_object_detection`` ranks it; an image query picks
+        its embedding as ``image_guided_detection`` does.
+
+        Raises:
+            QueryError: neither or both queries; ImageError, ParameterError as :meth:`crop`.
+        """
+        if query is None and image_query is None:
+            raise QueryError("detect needs a text query or an image query")
+        condition = self.prepare_condition(query, image_query, whole_text=True)
+        validate_top_k(top_k, _MAX_DETECTIONS)
+        return self.detect_encoded(self.encode(image), condition, top_k=top_k)
+
+    def detect_encoded(
+        self, encoded: EncodedImage, condition: Condition, *, top_k: int = 5
+    ) -> DetectionResult:
+        """Detections of an already encoded image for a prepared (whole-text or image) condition."""
+        if condition.kind == "none":
+            raise QueryError("detect needs a text query or an image query")
+        top_k = validate_top_k(top_k, _MAX_DETECTIONS)
+        detections = rank_detections(
+            encoded.features, condition.embeds[0], encoded.width, encoded.height, top_k
+        )
+        return DetectionResult(
+            detections=detections,
+            width=encoded.width,
+            height=encoded.height,
+            query=condition.query,
+            image_query=condition.image_query,
+            image=encoded.loaded.name,
+            truncated=condition.truncated,
+            query_token=condition.query_token,
+            timings={**encoded.timings, **condition.timings},
         )
 
     def crop_encoded(
@@ -389,7 +513,8 @@ class ClipCrop:
         else:
             boxes, scores = self._compose(feats, selection, width, height, ratio)
         t2 = time.perf_counter()
-        crops = self.postprocess(boxes, scores, width, height, top_k=top_k, ratio=ratio)
+        subject = selection.union.detach().float().cpu().numpy().astype(np.float64)
+        crops = self.postprocess(boxes, scores, width, height, top_k=top_k, ratio=ratio, subject=subject)
         t3 = time.perf_counter()
         timings.update(select=t1 - t0, decoder=t2 - t1, postprocess=t3 - t2)
         union_px = round_box(
@@ -406,6 +531,7 @@ class ClipCrop:
             union_box=union_px,
             keywords=[lab for lab in selection.labels if lab not in ("full text", "image query")],
             timings=timings,
+            truncated=condition.truncated,
         )
 
     # ------------------------------------------------------------------ internals
@@ -448,7 +574,11 @@ class ClipCrop:
             feats.logits(self.backbone.embed_texts(list(OBJECT_PROMPTS)))[0].max(dim=-1).values
         )
         token_boxes = feats.boxes[0].float().cpu().numpy().astype(np.float64)
-        objects = salient_objects(token_boxes, probs.float().cpu().numpy())
+        objects = salient_objects(
+            token_boxes,
+            probs.float().cpu().numpy(),
+            threshold=float(self.selection_settings["object_threshold"]),
+        )
         if selection.conditioned:
             subject = selection.union.float().cpu().numpy().astype(np.float64)
         elif len(objects):
@@ -472,32 +602,64 @@ class ClipCrop:
         *,
         top_k: int,
         ratio: float | None,
+        subject: np.ndarray | None = None,
     ) -> list[Crop]:
         """Normalised xyxy boxes + scores -> ranked, distinct pixel crops.
 
-        Order matters: to pixels, fit the aspect ratio (so ranking sees the final crops),
-        suppress near-duplicates, keep ``top_k``, round to ints (keeping the ratio within 1 px).
+        Order matters: to pixels, fit the aspect ratio, grow to the minimum crop size (so ranking
+        sees the final crops), suppress near-duplicates, keep ``top_k``, round to ints (keeping
+        the ratio within 1 px). When the candidates hold fewer than ``top_k`` distinct crops,
+        :func:`clipcrop.composition.fill_candidates` around ``subject`` (normalised xyxy; the whole
+        image when None) fills up, ranked after every candidate: fewer than ``top_k`` come back
+        only when the image cannot hold more distinct crops.
         """
-        px = np.asarray(boxes, dtype=np.float64) * np.array([width, height, width, height], dtype=np.float64)
+        px = self._final_boxes(np.asarray(boxes, dtype=np.float64), width, height, ratio)
+        scores = np.asarray(scores, dtype=np.float64)
+        crops = self._distinct(px, scores, width, height, top_k, ratio)
+        if len(crops) < top_k:
+            whole = np.array([0.0, 0.0, 1.0, 1.0])
+            fill = fill_candidates(subject if subject is not None else whole, width, height, ratio)
+            floor = min([c.score for c in crops], default=1.0)
+            fill_px = self._final_boxes(fill.boxes, width, height, ratio)
+            taken = {c.box for c in crops}
+            extra = self._distinct(fill_px, fill.scores * floor * 0.99, width, height, top_k, ratio, taken)
+            crops += extra[: top_k - len(crops)]
+        crops.sort(key=lambda c: -c.score)
+        return crops
+
+    def _final_boxes(self, boxes: np.ndarray, width: int, height: int, ratio: float | None) -> np.ndarray:
+        """(C, 4) normalised xyxy -> pixel boxes in the ratio and at least the minimum size."""
+        px = boxes.reshape(-1, 4) * np.array([width, height, width, height], dtype=np.float64)
         px[:, [0, 2]] = px[:, [0, 2]].clip(0, width)
         px[:, [1, 3]] = px[:, [1, 3]].clip(0, height)
-        if ratio is not None:
-            px = np.stack([fit_aspect(b, ratio, width, height) for b in px]) if len(px) else px
-        # tiny boxes (< 1 px) become 1 px boxes in round_box; drop them from ranking first
-        valid = ((px[:, 2] - px[:, 0]) >= 1.0) & ((px[:, 3] - px[:, 1]) >= 1.0)
-        if not valid.any():
-            px = np.array([[0.0, 0.0, float(width), float(height)]])
-            scores = np.array([float(np.max(scores)) if len(scores) else 0.0])
-            valid = np.array([True])
-        px, scores = px[valid], np.asarray(scores, dtype=np.float64)[valid]
-        # distinct alternatives first; if suppression leaves fewer than top_k, fill up with the
-        # best suppressed crops (still distinct once rounded), then rank everything by score
+        out = []
+        for b in px:
+            if ratio is not None:
+                b = fit_aspect(b, ratio, width, height)
+            out.append(
+                enforce_min_size(
+                    b, width, height, min_area=self.min_crop_area, min_side=self.min_crop_side, ratio=ratio
+                )
+            )
+        return np.stack(out) if out else px
+
+    def _distinct(
+        self,
+        px: np.ndarray,
+        scores: np.ndarray,
+        width: int,
+        height: int,
+        top_k: int,
+        ratio: float | None,
+        taken: set[tuple[int, int, int, int]] | None = None,
+    ) -> list[Crop]:
+        """Up to ``top_k`` crops, distinct alternatives first: non-suppressed boxes by score, then
+        the best suppressed ones (still distinct once rounded, and not in ``taken``)."""
         kept = nms_np(px, scores, self.nms_iou)
-        order = list(kept) + [
-            int(i) for i in np.argsort(-scores, kind="stable") if i not in set(kept.tolist())
-        ]
+        kept_set = set(kept.tolist())
+        order = list(kept) + [int(i) for i in np.argsort(-scores, kind="stable") if i not in kept_set]
         crops: list[Crop] = []
-        seen: set[tuple[int, int, int, int]] = set()
+        seen = set(taken or ())
         for i in order:
             if len(crops) >= top_k:
                 break
@@ -506,8 +668,18 @@ class ClipCrop:
                 continue
             seen.add(box)
             crops.append(Crop(box=box, score=float(np.clip(scores[i], 0.0, 1.0))))
-        crops.sort(key=lambda c: -c.score)
         return crops
+
+
+def _checkpoint_backbone(name: str, model: ClipCropModel) -> str:
+    """The backbone a trained checkpoint uses: its own ``backbone/`` folder when it has one,
+    otherwise what its config names (a relative path is relative to the checkpoint)."""
+    checkpoint = Path(name).expanduser()
+    if not checkpoint.is_dir():
+        return model.backbone_name
+    if (checkpoint / INSIDE_BACKBONE).is_dir():
+        return str(checkpoint / INSIDE_BACKBONE)
+    return resolve_backbone_ref(model.backbone_name, checkpoint)
 
 
 def _read_config(name: str, local_files_only: bool | None) -> dict:

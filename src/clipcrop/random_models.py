@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SIZES = {
     # vision: image size, patch, width, layers, heads; text: width, layers, heads
@@ -56,8 +61,14 @@ def make_random_owlvit(
     tokenizer_dir: str | os.PathLike,
     size: str | dict[str, int] = "tiny",
     seed: int = 0,
+    *,
+    kind: str = "owlvit",
+    calibrate: bool = False,
+    large_boxes: bool = False,
+    varied_norms: bool = False,
+    calibration_images: Sequence[Image.Image] | None = None,
 ) -> Path:
-    """Write a randomly initialised OWL-ViT checkpoint to ``out_dir`` and return its path.
+    """Write a randomly initialised OWL-ViT (or OWLv2) checkpoint to ``out_dir``; return its path.
 
     Args:
         out_dir: folder to create.
@@ -65,10 +76,19 @@ def make_random_owlvit(
         size: ``"tiny"`` (96 px, 36 tokens), ``"small"`` (192 px, 144 tokens) or ``"base32"``
             (the real ViT-B/32 shape: 768 px, 576 tokens); or a shape of one's own, a dict with
             the keys of :data:`SIZES`' entries (e.g. the shapes benchmark's backbone).
+        kind: ``"owlvit"`` or ``"owlv2"`` (OWLv2's architecture, objectness head and processor).
+        calibrate: rescale the heads so outputs look like a pretrained model's
+            (:mod:`clipcrop.calibration`); raw random heads are degenerate (zero-sized boxes,
+            saturated probabilities) and only fit speed measurements or training from scratch.
+        large_boxes, varied_norms: calibration variants (mostly large boxes; class-embedding
+            norms that vary from token to token), where image-query rules differ.
+        calibration_images: photos to calibrate on (default: real photos of installed packages).
     """
     import torch
-    from transformers import CLIPTokenizer, OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessorPil
+    from transformers import CLIPTokenizer
 
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     if isinstance(size, dict):
         missing = set(SIZES["tiny"]) - set(size)
         if missing:
@@ -84,7 +104,8 @@ def make_random_owlvit(
         raise FileNotFoundError(f"{tok_dir} must hold CLIP's vocab.json and merges.txt")
     vocab = json.loads(vocab_file.read_text())
     merges = [tuple(line.split()) for line in merges_file.read_text().splitlines()[1:] if line.strip()]
-    config = OwlViTConfig(
+    config_cls, model_cls, processor_cls = _classes(kind)
+    config = config_cls(
         text_config={
             "vocab_size": len(vocab),
             "hidden_size": s["t_hidden"],
@@ -107,19 +128,38 @@ def make_random_owlvit(
         projection_dim=s["projection_dim"],
     )
     torch.manual_seed(seed)
-    model = OwlViTForObjectDetection(config).eval()
+    model = model_cls(config).eval()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!")
+    tokenizer.model_max_length = 16
+    side = {"height": s["image_size"], "width": s["image_size"]}
+    processor = processor_cls(size=side) if kind == "owlv2" else processor_cls(size=side, crop_size=side)
+    if calibrate:
+        from .calibration import calibrate_heads, default_calibration_images
+
+        images = list(calibration_images) if calibration_images else default_calibration_images()
+        calibrate_heads(
+            model, processor, tokenizer, images, large_boxes=large_boxes, varied_norms=varied_norms, seed=seed
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!")
-    tokenizer.model_max_length = 16
     tokenizer.save_pretrained(out)
-    processor = OwlViTImageProcessorPil(
-        size={"height": s["image_size"], "width": s["image_size"]},
-        crop_size={"height": s["image_size"], "width": s["image_size"]},
-    )
     processor.save_pretrained(out)
     from .atomic_files import apply_umask
 
     apply_umask(out / "model.safetensors")  # safetensors writes 0600 whatever the umask
     return out
+
+
+KINDS = ("owlvit", "owlv2")
+
+
+def _classes(kind: str):
+    """(config, detection model, PIL image processor) classes of an OWL-ViT generation."""
+    if kind == "owlv2":
+        from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil
+
+        return Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil
+    from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessorPil
+
+    return OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessorPil

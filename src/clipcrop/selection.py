@@ -9,6 +9,7 @@ match is a better guess than the whole image. ``b_u`` is the union of the kept b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -108,3 +109,33 @@ def select_tokens(
         union=ensure_min_size(union_box(boxes)),
         mean_token=features.tokens[0, idx].mean(dim=0),
     )
+
+
+def condition_texts(text: str, settings: Mapping) -> tuple[list[str], list[str]]:
+    """What a text condition embeds, and the label of each: the full text (as written) and the
+    keywords (inside ``settings["prompt_template"]``, as OWL-ViT was trained on prompts).
+
+    The one place that turns a query into texts, shared by the predictor and the trainer so
+    training and inference cannot drift apart. ``settings`` are the selection settings
+    (:data:`clipcrop.model.DEFAULT_SELECTION`'s keys).
+
+    Returns:
+        (texts to embed, labels): labels are ``"full text"`` or the bare keyword.
+    """
+    from .keywords import extract_keywords
+
+    keywords = (
+        list(extract_keywords(text, int(settings.get("max_keywords", 8))))
+        if settings.get("use_keywords", True)
+        else []
+    )
+    template = settings.get("prompt_template") or "{}"
+    texts: list[str] = []
+    labels: list[str] = []
+    if settings.get("use_full_text", True) or not keywords:
+        texts.append(text)
+        labels.append("full text")
+    for keyword in keywords:
+        texts.append(template.format(keyword))
+        labels.append(keyword)
+    return texts, labels

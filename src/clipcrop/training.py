@@ -35,6 +35,7 @@ fine-tuning in :mod:`clipcrop.runloop`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -55,10 +56,9 @@ from .datasets import GaicSample, load_gaic
 from .decoder import DecoderConfig
 from .errors import DatasetError, ParameterError
 from .imageio import load_image
-from .keywords import extract_keywords
 from .limits import Limits
 from .matcher import HungarianMatcher
-from .model import VARIANTS, ClipCropModel
+from .model import PROMPT_TEMPLATE, VARIANTS, ClipCropModel, portable_backbone_ref
 from .mosaic import filter_initial_boxes, make_mosaic, sample_grid
 from .runloop import (  # still importable from here, where most of them used to live
     LR_SCHEDULES,
@@ -68,7 +68,7 @@ from .runloop import (  # still importable from here, where most of them used to
     publish_checkpoint,
     recover_checkpoint_dir,
 )
-from .selection import Selection, select_tokens, unconditioned
+from .selection import Selection, condition_texts, select_tokens, unconditioned
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ RUN_FILES = runloop.RunFiles(STATE_FILE, LOG_FILE, STATE_FORMAT, kind="training"
 DEFAULT_DECODER = {k: v for k, v in DecoderConfig().to_dict().items() if k != "input_dim"}
 #: OWL-ViT parts that produce image tokens, boxes and class embeddings (what fine-tuning trains);
 #: the text tower stays frozen so cached text embeddings stay valid
-_IMAGE_SIDE_MODULES = ("owlvit.vision_model", "layer_norm", "class_head", "box_head")
+_IMAGE_SIDE_MODULES = ("owlvit.vision_model", "owlv2.vision_model", "layer_norm", "class_head", "box_head")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -115,7 +115,7 @@ class TrainConfig:
         aux_loss: losses on every decoder layer, not only the last.
         redundancy_iou: local-redundancy smoothing IoU (paper: 0.9).
         positive_mos: MOS from which an annotated crop is a positive.
-        min_score, max_keywords: token-selection settings saved into the checkpoint.
+        min_score, max_keywords, prompt_template: token-selection settings saved into the checkpoint.
         finetune_backbone_lr: fine-tune OWL-ViT's image side at this learning rate (None: frozen).
         mixed_precision: ``no``, ``fp16`` or ``bf16`` (GPU).
         device: ``auto`` (GPU when there is one) or ``cpu``.
@@ -158,6 +158,7 @@ class TrainConfig:
     positive_mos: float = 4.0
     min_score: float = 0.05
     max_keywords: int = 8
+    prompt_template: str = PROMPT_TEMPLATE
     finetune_backbone_lr: float | None = None
     mixed_precision: str = "no"
     device: str = "auto"
@@ -203,7 +204,12 @@ class TrainConfig:
     @property
     def selection(self) -> dict:
         """Token-selection settings written into the checkpoint."""
-        return {"min_score": self.min_score, "max_keywords": self.max_keywords, **VARIANTS[self.variant]}
+        return {
+            "min_score": self.min_score,
+            "max_keywords": self.max_keywords,
+            "prompt_template": self.prompt_template,
+            **VARIANTS[self.variant],
+        }
 
     @property
     def uses_text(self) -> bool:
@@ -398,13 +404,7 @@ def _collate(items: list[TrainItem]) -> list[TrainItem]:
 
 
 def _features_to(feats: ImageFeatures, device: torch.device | str) -> ImageFeatures:
-    return ImageFeatures(
-        feats.tokens.to(device),
-        feats.boxes.to(device),
-        feats.class_embeds.to(device),
-        feats.logit_shift.to(device),
-        feats.logit_scale.to(device),
-    )
+    return feats.to(device)
 
 
 @dataclass
@@ -603,21 +603,14 @@ class Trainer:
             self._save_backbone = True
         backbone = self._backbone or Backbone.from_pretrained(backbone_source, device=accelerator.device)
         self.backbone = backbone
-        self._image_processor = None
-        if self._save_backbone:
-            from transformers import AutoImageProcessor
-
-            self._image_processor = AutoImageProcessor.from_pretrained(backbone_source)
         if finetune:
             for name in _IMAGE_SIDE_MODULES:
-                backbone.model.get_submodule(name).requires_grad_(True)
+                with contextlib.suppress(AttributeError):  # OWL-ViT has no owlv2.*, OWLv2 no owlvit.*
+                    backbone.model.get_submodule(name).requires_grad_(True)
 
         decoder = {**DEFAULT_DECODER, **cfg.decoder, "input_dim": backbone.hidden_size}
-        backbone_ref = cfg.backbone
-        if Path(backbone_ref).expanduser().is_dir():
-            backbone_ref = str(Path(backbone_ref).expanduser().resolve())
         model = ClipCropModel(
-            backbone=backbone_ref,
+            backbone=portable_backbone_ref(cfg.backbone, self.out_dir, inside=self._save_backbone),
             decoder=decoder,
             selection=cfg.selection,
             training={
@@ -765,12 +758,7 @@ class Trainer:
             return ConditionSpec(None, [])
         key = item.caption
         if key not in self._text_cache:
-            settings = self.config.selection
-            keywords = (
-                list(extract_keywords(key, self.config.max_keywords)) if settings["use_keywords"] else []
-            )
-            texts = ([key] if settings["use_full_text"] or not keywords else []) + keywords
-            labels = ["full text" if t == key else t for t in texts]
+            texts, labels = condition_texts(key, self.config.selection)
             self._text_cache[key] = (self.backbone.embed_texts(texts), labels)
         embeds, labels = self._text_cache[key]
         best = None
@@ -863,7 +851,7 @@ class Trainer:
             if self._save_backbone:
                 self.backbone.model.save_pretrained(tmp / "backbone")
                 self.backbone.tokenizer.save_pretrained(tmp / "backbone")
-                self._image_processor.save_pretrained(tmp / "backbone")
+                self.backbone.processor.save_pretrained(tmp / "backbone")
             state = {
                 "format": STATE_FORMAT,
                 "step": step,
