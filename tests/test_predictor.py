@@ -275,7 +275,7 @@ def test_unreachable_hub_is_named_in_the_error(tmp_path, monkeypatch):
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         importlib.reload(hub_constants)
     message = str(info.value)
-    assert "could not be reached" in message and "--model" in message
+    assert "cannot be reached" in message and "--model" in message and "hf download" in message
 
 
 def test_limits_from_env(monkeypatch):
