@@ -1,7 +1,9 @@
 """``clipcrop serve [--host 127.0.0.1] [--port 8000] [--model NAME_OR_DIR] [--workers N] ...``
 
 Runs the HTTP service and its web page (see :mod:`clipcrop.service`) with uvicorn. The model loads
-in a background thread after the port is open: ``GET /ready`` answers 503 until it is loaded.
+in a background thread after the port is open: ``GET /ready`` answers 503 until it is loaded. A
+model that cannot load stops the server: ``serve`` exits with status 1 and the reason in one
+``clipcrop: error:`` line (an orchestrator must not see a live server that will never be ready).
 
 ``--workers N`` starts N uvicorn worker processes, each building the app with the factory
 :func:`clipcrop.service.app_from_env` and loading its own copy of the model (settings travel as
@@ -14,10 +16,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
+from pathlib import Path
 
 from .cli_crop import add_model_arguments
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+#: where a worker process (``--workers N``) leaves the load error for the parent to report
+ENV_ERROR_FILE = "CLIPCROP_SERVE_ERROR_FILE"
+#: a worker's exit status that makes uvicorn's supervisor stop instead of restarting it
+STARTUP_FAILURE = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,20 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
+    from .service import ENV_API_KEY, ENV_DEVICE, ENV_PRECISION, ENV_QUANTIZE
 
-    from .errors import ParameterError
-    from .service import ENV_API_KEY, ENV_DEVICE, ENV_PRECISION, ENV_QUANTIZE, app_from_env
-
-    if args.workers < 1:
-        raise ParameterError("--workers must be at least 1")
-    if not 0 < args.port < 65536:
-        raise ParameterError("--port must be between 1 and 65535")
-    if args.max_upload_mb is not None and args.max_upload_mb <= 0:
-        raise ParameterError("--max-upload-mb must be positive")
-    if args.max_megapixels is not None and args.max_megapixels <= 0:
-        raise ParameterError("--max-megapixels must be positive")
-    # every setting goes through the environment, so that worker processes see the same
+    # flags were checked by cli_checks.check_arguments; every setting goes through the environment, so that worker processes see the same
     env = {
         "CLIPCROP_MODEL": args.model,
         "CLIPCROP_MAX_UPLOAD_MB": None if args.max_upload_mb is None else repr(args.max_upload_mb),
@@ -95,10 +92,69 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     if args.workers > 1:
-        uvicorn.run("clipcrop.service:app_from_env", factory=True, workers=args.workers, **common)
-    else:
-        uvicorn.run(app_from_env(), **common)
+        return _serve_workers(args.workers, common)
+    return _serve_one(common)
+
+
+def _serve_one(common: dict) -> int:
+    """One process: the loader's failure sets ``should_exit``, then the error is raised here."""
+    import uvicorn
+
+    from .errors import ModelLoadError
+    from .service import app_from_env
+
+    server: uvicorn.Server | None = None
+
+    def stop(_message: str) -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = app_from_env(on_load_error=stop)
+    server = uvicorn.Server(uvicorn.Config(app, **common))
+    server.run()
+    error = app.state.clipcrop.load_error
+    if error:
+        raise ModelLoadError(error)
+    return 0 if server.started else 1  # not started: uvicorn said why (port in use, ...)
+
+
+def _serve_workers(workers: int, common: dict) -> int:
+    """Worker processes: a worker whose model cannot load writes the error to a file and exits
+    with uvicorn's startup-failure status, which stops the supervisor; the error is raised here."""
+    import uvicorn
+
+    from .errors import ModelLoadError
+
+    fd, error_file = tempfile.mkstemp(prefix="clipcrop-serve-", suffix=".err")
+    os.close(fd)
+    os.environ[ENV_ERROR_FILE] = error_file
+    try:
+        uvicorn.run("clipcrop.cli_serve:worker_app", factory=True, workers=workers, **common)
+        error = Path(error_file).read_text(encoding="utf-8").strip()
+    finally:
+        os.environ.pop(ENV_ERROR_FILE, None)
+        Path(error_file).unlink(missing_ok=True)
+    if error:
+        raise ModelLoadError(error)
     return 0
+
+
+def worker_app():
+    """App factory of ``serve --workers N``'s processes (:func:`clipcrop.service.app_from_env`,
+    plus: a model that cannot load ends the worker with :data:`STARTUP_FAILURE`)."""
+    from .service import app_from_env
+
+    return app_from_env(on_load_error=_worker_failed)
+
+
+def _worker_failed(message: str) -> None:
+    error_file = os.environ.get(ENV_ERROR_FILE)
+    if error_file:
+        with open(error_file, "w", encoding="utf-8") as fh:
+            fh.write(message)
+    # from the loader thread: end the whole worker now; the supervisor sees STARTUP_FAILURE and
+    # stops the other workers and itself instead of restarting this one forever
+    os._exit(STARTUP_FAILURE)
 
 
 def _url_host(host: str) -> str:

@@ -445,7 +445,9 @@ class _Service:
         predictor_or_loader: Any,
         limits: Limits | None,
         api_key: str | None,
+        on_load_error: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_load_error = on_load_error
         if callable(predictor_or_loader) and not hasattr(predictor_or_loader, "crop"):
             self.loader: Callable[[], Any] | None = predictor_or_loader
             self.predictor = None
@@ -472,16 +474,24 @@ class _Service:
         t0 = time.perf_counter()
         try:
             predictor = self.loader()  # type: ignore[misc]
-        except Exception as exc:  # noqa: BLE001 - reported by /ready, logged here
-            self.load_error = str(exc) if isinstance(exc, ClipCropError) else f"{type(exc).__name__}: {exc}"
-            logger.error("model failed to load: %s", self.load_error)
+        except Exception as exc:  # noqa: BLE001 - reported by /ready and on_load_error, logged here
+            self._failed(str(exc) if isinstance(exc, ClipCropError) else f"{type(exc).__name__}: {exc}")
             return
         if predictor is None:
-            self.load_error = "the model loader returned nothing"
-            logger.error("model failed to load: %s", self.load_error)
+            self._failed("the model loader returned nothing")
             return
         self.predictor = predictor
         logger.info("model ready after %.1f s", time.perf_counter() - t0)
+
+    def _failed(self, message: str) -> None:
+        """The model cannot load: /ready says why from now on, and ``on_load_error`` (``clipcrop
+        serve``: stop the server and exit non-zero) is told; without one, the log says it."""
+        self.load_error = message
+        if self.on_load_error is None:
+            logger.error("model failed to load: %s", message)
+            return
+        logger.info("model failed to load: %s", message)
+        self.on_load_error(message)
 
     def require_predictor(self) -> Any:
         if self.predictor is None:
@@ -660,6 +670,7 @@ def create_app(
     api_key: str | None = None,
     *,
     title: str = "ClipCrop",
+    on_load_error: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """The FastAPI app.
 
@@ -670,8 +681,10 @@ def create_app(
         limits: the limits to enforce (default: the predictor's, else :meth:`Limits.from_env`).
         api_key: when set, every path but the page, its static files, ``/health``, ``/ready`` and
             the API docs needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
+        on_load_error: called (in the loader's thread) with the message when the loader fails, so
+            that the process can stop instead of serving 503 forever; ``/ready`` reports it too.
     """
-    service = _Service(predictor_or_loader, limits, api_key)
+    service = _Service(predictor_or_loader, limits, api_key, on_load_error)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -851,9 +864,10 @@ ENV_QUANTIZE = "CLIPCROP_QUANTIZE"
 ENV_API_KEY = "CLIPCROP_API_KEY"
 
 
-def app_from_env() -> FastAPI:
+def app_from_env(on_load_error: Callable[[str], None] | None = None) -> FastAPI:
     """App factory for ``uvicorn --factory`` and ``clipcrop serve --workers N``: every worker
-    process builds its own app and loads its own model from ``CLIPCROP_*`` variables."""
+    process builds its own app and loads its own model from ``CLIPCROP_*`` variables
+    (``on_load_error``: see :func:`create_app`)."""
     limits = Limits.from_env()
 
     def load():
@@ -870,4 +884,4 @@ def app_from_env() -> FastAPI:
         )
         return load_predictor(args)
 
-    return create_app(load, limits, api_key=os.environ.get(ENV_API_KEY) or None)
+    return create_app(load, limits, api_key=os.environ.get(ENV_API_KEY) or None, on_load_error=on_load_error)
