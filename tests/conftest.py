@@ -26,7 +26,9 @@ def make_calibrated(tmp_path_factory, name: str, **kwargs) -> Path:
     (varied boxes, unsaturated probabilities, query-driven ranking; see tests/test_fixtures.py)."""
     from clipcrop.random_models import make_random_owlvit
 
-    return make_random_owlvit(tmp_path_factory.mktemp(name), DATA, size="tiny", seed=0, calibrate=True, **kwargs)
+    return make_random_owlvit(
+        tmp_path_factory.mktemp(name), DATA, size="tiny", seed=0, calibrate=True, **kwargs
+    )
 
 
 @pytest.fixture(scope="session")
@@ -65,21 +67,25 @@ TINY_DECODER = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_clipcrop_dir(tiny_backbone_dir, tmp_path_factory) -> Path:
+def build_tiny_clipcrop(backbone_dir: Path, out: Path) -> Path:
+    """A seeded tiny ClipCrop checkpoint on ``backbone_dir`` (what ``tiny_clipcrop_dir`` holds)."""
     import torch
 
     from clipcrop.model import ClipCropModel
 
     torch.manual_seed(0)
-    model = ClipCropModel(backbone=str(tiny_backbone_dir), decoder=TINY_DECODER)
+    model = ClipCropModel(backbone=str(backbone_dir), decoder=TINY_DECODER)
     # a fresh decoder predicts b_u for every query; spread its offsets like a trained one would
     with torch.no_grad():
         torch.nn.init.normal_(model.decoder.offset_head.layers[-1].weight, std=0.05)
         torch.nn.init.normal_(model.decoder.offset_head.layers[-1].bias, std=0.15)
-    out = tmp_path_factory.mktemp("clipcrop-tiny")
     model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_clipcrop_dir(tiny_backbone_dir, tmp_path_factory) -> Path:
+    return build_tiny_clipcrop(tiny_backbone_dir, tmp_path_factory.mktemp("clipcrop-tiny"))
 
 
 @pytest.fixture(scope="session")

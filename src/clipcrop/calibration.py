@@ -52,9 +52,9 @@ CALIBRATION_TEXTS = (
     "a photo of a building",
 )
 #: quantiles of the cosines and the probabilities they map to: 90 % of (token, query) pairs score
-#: under 0.04, the top 1.5 % over 0.15, as a pretrained OWL-ViT does on a photo
+#: under 0.04, the top 3 % over 0.15, as a pretrained OWL-ViT does on a photo
 LOW_QUANTILE, LOW_PROB = 0.90, 0.04
-HIGH_QUANTILE, HIGH_PROB = 0.985, 0.15
+HIGH_QUANTILE, HIGH_PROB = 0.97, 0.15
 
 
 @dataclass(frozen=True)
