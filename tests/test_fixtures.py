@@ -132,3 +132,40 @@ def test_the_query_changes_the_crops(fixture, request):
         b = cc.crop(sample_photo(name), query="the rocket engine exhaust plume at night", top_k=3)
         changed += a[0].box != b[0].box and a.union_box != b.union_box
     assert changed >= 4, changed
+
+
+def test_make_random_backbone_command_writes_calibrated_checkpoints(tmp_path):
+    """The command users run without weights gives the same calibrated behaviour (``--raw`` not)."""
+    import json
+
+    from clipcrop.cli import main
+    from conftest import DATA
+
+    for kind in ("owlvit", "owlv2"):
+        out = tmp_path / kind
+        assert (
+            main(
+                [
+                    "make-random-backbone",
+                    "--size",
+                    "tiny",
+                    "--kind",
+                    kind,
+                    "--tokenizer",
+                    str(DATA),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+        assert json.loads((out / "config.json").read_text())["model_type"] == kind
+        m = _measure(out)
+        assert max(m["small_side"]) <= 0.01 and m["max_logit"] < 30 and min(m["distinct_top1"]) >= 4
+    raw = tmp_path / "raw"
+    assert (
+        main(["make-random-backbone", "--size", "tiny", "--raw", "--tokenizer", str(DATA), "--out", str(raw)])
+        == 0
+    )
+    m = _measure(raw)
+    assert max(m["small_side"]) > 0.5 or m["max_logit"] > 100
