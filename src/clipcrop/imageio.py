@@ -133,6 +133,10 @@ class LoadedImage:
             returns are in this pixel space.
         format: Pillow's format name of the source (``"JPEG"``, ...), or ``None`` for arrays.
         name: a display name (file path or ``"<bytes>"``).
+        icc_profile: the source's embedded ICC profile, byte for byte, or None.
+        exif: the source's raw EXIF block (as Pillow reads it: JPEG APP1, PNG eXIf, WebP EXIF), or
+            None. Kept so that crops written from this image carry both (see :mod:`clipcrop.metadata`);
+            ``image`` itself holds pixels only.
     """
 
     image: Image.Image
@@ -140,6 +144,8 @@ class LoadedImage:
     height: int
     format: str | None
     name: str
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
 
     @property
     def scale(self) -> float:
@@ -444,6 +450,14 @@ def _decode(data: bytes, limits: Limits, name: str, reduce: bool) -> LoadedImage
     return _finish(img, w, h, fmt, name, orientation, limits if reduce else None)
 
 
+def _source_metadata(img: Image.Image) -> dict:
+    """The ICC profile and raw EXIF block of a loaded image (for :class:`LoadedImage`)."""
+    from .metadata import source_exif
+
+    icc = img.info.get("icc_profile")
+    return {"icc_profile": icc if isinstance(icc, bytes) and icc else None, "exif": source_exif(img)}
+
+
 def _check_tiff_tiles(img: Image.Image, name: str, w: int, h: int, limits: Limits) -> None:
     tags = getattr(img, "tag_v2", None)
     if tags is None:
@@ -495,6 +509,7 @@ def _finish(
     orientation: int,
     limits: Limits | None,
 ) -> LoadedImage:
+    meta = _source_metadata(img)  # before conversions, which drop Pillow's info
     if limits is not None:
         # formats without draft (PNG, WebP, ...): reduce before converting, to convert fewer pixels
         img = _reduce(img, limits.decode_max_side)
@@ -507,7 +522,7 @@ def _finish(
         # the decoder already applied an orientation we could not see: trust the pixels
         logger.debug("%s: decoded image is transposed relative to its header; swapping size", name)
         width, height = height, width
-    return LoadedImage(image=rgb, width=width, height=height, format=fmt, name=name)
+    return LoadedImage(image=rgb, width=width, height=height, format=fmt, name=name, **meta)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

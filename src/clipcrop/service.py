@@ -6,8 +6,9 @@ loader that runs in a background thread so that ``/ready`` answers 503 until the
 Endpoints
     ``POST /v1/crop``        multipart ``image`` [+ ``query`` | ``image_query``] [+ ``top_k``, ``aspect``]
                              -> the CLI's JSON object for that image, plus ``mode`` and ``timings``.
-    ``POST /v1/crop/image``  the same form [+ ``format`` jpeg|png|webp] -> the best crop itself, cut
-                             out of the full-resolution upload.
+    ``POST /v1/crop/image``  the same form [+ ``format`` jpeg|png|webp, ``strip_metadata``,
+                             ``strip_icc``] -> the best crop itself, cut out of the full-resolution
+                             upload, with its ICC profile and EXIF (orientation 1) unless stripped.
     ``GET /health``          liveness; ``GET /ready``: 200 once the model is loaded, 503 before.
     ``GET /``                the web page (``clipcrop/static``); ``/docs`` and ``/openapi.json``.
 
@@ -570,8 +571,12 @@ class _Job:
         out["timings"]["total"] = round(time.perf_counter() - t0, 6)
         return out
 
-    def crop_picture(self, fmt: str) -> tuple[bytes, str, Any]:
-        from .render import cut, encode_image
+    def crop_picture(
+        self, fmt: str, strip_metadata: bool = False, strip_icc: bool = False
+    ) -> tuple[bytes, str, Any]:
+        """The best crop encoded as ``fmt``, with the upload's ICC profile and EXIF (orientation 1)
+        unless stripped (see :mod:`clipcrop.metadata`)."""
+        from .render import cut, encode_image, metadata_for
 
         loaded, result = self.crop()
         full = loaded
@@ -579,7 +584,8 @@ class _Job:
             full = decode_bytes(self.data, self.service.limits, name=self.name, reduce=False)
         box = result[0].box if len(result) else (0, 0, result.width, result.height)
         picture = cut(full.image, box, (result.width, result.height))
-        data, media = encode_image(picture, fmt)
+        meta = metadata_for(full, picture.size, strip_metadata=strip_metadata, strip_icc=strip_icc)
+        data, media = encode_image(picture, fmt, metadata=meta)
         return data, media, result
 
 
@@ -662,6 +668,11 @@ AspectField = Annotated[
 ]
 
 FormatField = Annotated[Literal["jpeg", "png", "webp"], Form(description="picture format of the answer")]
+StripMetadataField = Annotated[
+    bool,
+    Form(description="leave out the upload's EXIF (camera, date, GPS, copyright); its ICC profile stays"),
+]
+StripIccField = Annotated[bool, Form(description="leave out the upload's ICC colour profile")]
 
 
 def create_app(
@@ -842,10 +853,12 @@ def create_app(
         top_k: TopKField = 5,
         aspect: AspectField = None,
         format: FormatField = "jpeg",
+        strip_metadata: StripMetadataField = False,
+        strip_icc: StripIccField = False,
     ) -> Response:
         job = await _prepare(service, request, image, image_query, top_k, aspect)
         data, media, result = await service.queue.run(
-            lambda: job.crop_picture(format), service.limits.request_timeout_s
+            lambda: job.crop_picture(format, strip_metadata, strip_icc), service.limits.request_timeout_s
         )
         headers = {"Cache-Control": "no-store"}
         if len(result):
