@@ -13,7 +13,6 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import sample_photo
 
 WEIGHTS = os.environ.get("CLIPCROP_TEST_WEIGHTS")
