@@ -138,8 +138,9 @@ def test_make_random_backbone_command_writes_calibrated_checkpoints(tmp_path):
     """The command users run without weights gives the same calibrated behaviour (``--raw`` not)."""
     import json
 
-    from clipcrop.cli import main
     from conftest import DATA
+
+    from clipcrop.cli import main
 
     for kind in ("owlvit", "owlv2"):
         out = tmp_path / kind
