@@ -24,16 +24,97 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", "-k", type=int, default=5, metavar="N", help="crops per image (default 5)")
     p.add_argument("--aspect", metavar="W:H", help="exact aspect ratio of every crop, e.g. 1:1, 16:9")
     add_model_arguments(p)
-    p.add_argument("--out", metavar="DIR", help="write each crop as DIR/<stem>_crop<k>.jpg")
     p.add_argument(
-        "--overlay", action="store_true", help="write DIR/<stem>_overlay.jpg with the ranked boxes"
+        "--out",
+        metavar="DIR",
+        help="write each crop as DIR/<path>_crop<k>.jpg (<path>: the image's path below the folder "
+        "given, without extension; names never collide)",
     )
+    p.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write DIR/<path>_overlay.jpg with the ranked boxes (needs --out)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace pictures that exist in DIR (default: refuse, before any work)",
+    )
+    add_metadata_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     p.add_argument(
         "--batch-size", type=int, default=1, metavar="N", help="images per backbone call (default 1)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--profile", action="store_true", help="print a per-stage time breakdown on stderr")
+
+
+def add_metadata_arguments(p: argparse.ArgumentParser) -> None:
+    """What written pictures carry of the source (shared with ``batch``): ICC profile and EXIF by default."""
+    p.add_argument(
+        "--strip-metadata",
+        action="store_true",
+        help="write pictures without the source's EXIF (camera, date, GPS, copyright); the ICC colour profile stays",
+    )
+    p.add_argument(
+        "--strip-icc", action="store_true", help="write pictures without the source's ICC colour profile"
+    )
+
+
+def check(args: argparse.Namespace) -> None:
+    """crop's own checks, run by :func:`clipcrop.cli_checks.check_arguments` before anything heavy.
+
+    ``--overlay`` and the strip switches need ``--out`` (nothing is written into the current
+    folder unasked); the output names are planned (``args._stems``) and, unless ``--overwrite``,
+    a picture that exists already is refused now rather than after the model has run.
+    """
+    from .errors import ParameterError
+
+    args._stems = {}
+    if not args.out:
+        for flag, given in (
+            ("--overlay", args.overlay),
+            ("--strip-metadata", args.strip_metadata),
+            ("--strip-icc", args.strip_icc),
+        ):
+            if given:
+                raise ParameterError(f"{flag} needs --out DIR, the folder pictures are written to")
+        return
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"--out {args.out}: is a file; give the folder to write pictures to")
+    from .inputs import expand_inputs
+    from .output_names import crop_path, output_stems, overlay_path
+
+    items = [it for it in (getattr(args, "_inputs", None) or expand_inputs(args.images)) if it.error is None]
+    stems = output_stems([it.path for it in items], [it.folder for it in items])
+    args._stems = {it.path: stem for it, stem in zip(items, stems, strict=True)}
+    if args.overwrite:
+        return
+    targets = [crop_path(out, stem, k) for stem in stems for k in range(1, args.top_k + 1)]
+    targets += [overlay_path(out, stem) for stem in stems] if args.overlay else []
+    _refuse_existing(targets)
+
+
+def _refuse_existing(targets: list[Path]) -> None:
+    """ParameterError naming the first of ``targets`` that exists (one listing per folder)."""
+    from .errors import OutputExistsError
+
+    listings: dict[Path, set[str]] = {}
+    found = []
+    for path in targets:
+        if path.parent not in listings:
+            try:
+                listings[path.parent] = set(os.listdir(path.parent))
+            except OSError:  # missing folder: nothing in it
+                listings[path.parent] = set()
+        if path.name in listings[path.parent]:
+            found.append(path)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise OutputExistsError(
+            f"{found[0]} already exists{more}; pass --overwrite to replace, or choose another --out"
+        )
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,10 +160,11 @@ def run(args: argparse.Namespace) -> int:
         from .keywords import warm_up_in_background
 
         warm_up_in_background()  # spaCy loads while the backbone loads
+    if not hasattr(args, "_stems"):  # run() called without the CLI's checks
+        check(args)
     cc = load_predictor(args)
     t_loaded = time.perf_counter()
     condition = cc.prepare_condition(args.query, args.image_query)
-    out_dir = Path(args.out) if args.out else None
     failed = 0
     # the condition is prepared once per run: count its stages once, not once per image
     stage_totals: dict[str, float] = dict(condition.timings)
@@ -102,8 +184,8 @@ def run(args: argparse.Namespace) -> int:
                         if k not in condition.timings:
                             stage_totals[k] = stage_totals.get(k, 0.0) + v
                     _emit(args, result)
-                    if out_dir is not None or args.overlay:
-                        _write_pictures(result, out_dir or Path("."), args, cc.limits)
+                    if args.out:
+                        _write_pictures(result, args._stems[result.image], args, cc.limits)
                     progress.advance()
             except ClipCropError as exc:
                 for li in loaded:
@@ -204,20 +286,24 @@ def _emit_error(args, image: str, message: str) -> None:
     print(f"clipcrop: error: {message}", file=sys.stderr, flush=True)
 
 
-def _write_pictures(result, out_dir: Path, args, limits) -> None:
-    """Crops at full resolution (decoded again without reduction) and the overlay."""
+def _write_pictures(result, stem, args, limits) -> None:
+    """Crops at full resolution (decoded again without reduction) and the overlay, with the
+    source's ICC profile and EXIF (orientation 1) unless stripped; never replacing a file unless
+    ``--overwrite`` (a file that appeared since the check is this image's error)."""
     from .imageio import load_image
-    from .render import cut, draw_overlay, save_atomic
+    from .output_names import crop_path, overlay_path
+    from .render import cut, draw_overlay, metadata_for, save_atomic
 
     full = load_image(result.image, limits, reduce=False)
-    stem = Path(result.image).stem
     size = (result.width, result.height)
-    if args.out:
-        for k, crop in enumerate(result, start=1):
-            save_atomic(cut(full.image, crop.box, size), out_dir / f"{stem}_crop{k}.jpg")
+    flags = {"strip_metadata": args.strip_metadata, "strip_icc": args.strip_icc}
+    pictures = [(cut(full.image, c.box, size), crop_path(args.out, stem, k)) for k, c in enumerate(result, 1)]
     if args.overlay:
         overlay = draw_overlay(full.image, [c.box for c in result], size, [c.score for c in result])
-        save_atomic(overlay, out_dir / f"{stem}_overlay.jpg")
+        pictures.append((overlay, overlay_path(args.out, stem)))
+    for picture, path in pictures:
+        meta = metadata_for(full, picture.size, **flags)
+        save_atomic(picture, path, metadata=meta, overwrite=args.overwrite)
 
 
 def _print_profile(totals: dict[str, float], n: int, load_s: float, run_s: float) -> None:
