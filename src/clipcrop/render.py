@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic_files import write_atomic
+from .label_layout import Rect, layout_labels
 from .metadata import JPEG_MAX_EXIF, OutputMetadata, output_metadata, without_maker_note
 
 logger = logging.getLogger(__name__)
@@ -48,22 +49,58 @@ def draw_overlay(
     original_size: tuple[int, int],
     scores: Sequence[float] | None = None,
 ) -> Image.Image:
-    """The image with ranked boxes drawn and numbered (1 = best)."""
+    """The image with ranked boxes drawn and numbered (1 = best); no two labels cover each other
+    (placed by :func:`overlay_labels`, drawn over every box)."""
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
-    sx = out.width / original_size[0]
-    sy = out.height / original_size[1]
-    width = max(2, round(min(out.size) / 200))
-    font = ImageFont.load_default(size=max(12, round(min(out.size) / 25)))
-    for rank, box in reversed(list(enumerate(boxes, start=1))):
-        color = COLORS[(rank - 1) % len(COLORS)]
-        x0, y0, x1, y1 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
-        label = str(rank) if scores is None else f"{rank}: {scores[rank - 1]:.2f}"
-        tb = draw.textbbox((x0 + width, y0 + width), label, font=font)
-        draw.rectangle(tb, fill=color)
-        draw.text((x0 + width, y0 + width), label, fill="black", font=font)
+    width = _line_width(out.size)
+    scaled = _scaled_boxes(boxes, out.size, original_size)
+    for rank, (x0, y0, x1, y1) in reversed(list(enumerate(scaled, start=1))):
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=COLORS[(rank - 1) % len(COLORS)], width=width)
+    font = _label_font(out.size)
+    for rank, (text, rect) in enumerate(overlay_labels(out.size, boxes, original_size, scores), start=1):
+        draw.rectangle([rect[0], rect[1], rect[2] - 1, rect[3] - 1], fill=COLORS[(rank - 1) % len(COLORS)])
+        left, top, _, _ = font.getbbox(text)
+        draw.text((rect[0] + _LABEL_PAD - left, rect[1] + _LABEL_PAD - top), text, fill="black", font=font)
     return out
+
+
+_LABEL_PAD = 3  # pixels between a label's text and the edge of its coloured background
+
+
+def _line_width(size: tuple[int, int]) -> int:
+    return max(2, round(min(size) / 200))
+
+
+def _label_font(size: tuple[int, int]) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=max(12, round(min(size) / 25)))
+
+
+def _scaled_boxes(
+    boxes: Sequence[Sequence[int]], size: tuple[int, int], original_size: tuple[int, int]
+) -> list[tuple[float, float, float, float]]:
+    """Boxes in pixels of the original image -> pixels of the (possibly reduced) picture drawn on."""
+    sx, sy = size[0] / original_size[0], size[1] / original_size[1]
+    return [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b in boxes]
+
+
+def overlay_labels(
+    size: tuple[int, int],
+    boxes: Sequence[Sequence[int]],
+    original_size: tuple[int, int],
+    scores: Sequence[float] | None = None,
+) -> list[tuple[str, Rect]]:
+    """The rank labels of :func:`draw_overlay` on a picture of ``size``: (text, rectangle) per box,
+    rectangles xyxy (exclusive) in the picture's pixels, inside it and never overlapping (see
+    :mod:`clipcrop.label_layout`)."""
+    font = _label_font(size)
+    texts = [str(r) if scores is None else f"{r}: {scores[r - 1]:.2f}" for r in range(1, len(boxes) + 1)]
+    sizes = []
+    for text in texts:
+        left, top, right, bottom = font.getbbox(text)
+        sizes.append((int(right - left) + 2 * _LABEL_PAD, int(bottom - top) + 2 * _LABEL_PAD))
+    rects = layout_labels(_scaled_boxes(boxes, size, original_size), sizes, size, inset=_line_width(size))
+    return list(zip(texts, rects, strict=True))
 
 
 def encode_image(
