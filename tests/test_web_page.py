@@ -181,3 +181,28 @@ def test_page_asks_for_the_api_key(browser, servers):
     assert page.locator("#api-key").input_value() == KEY
     assert not problems, problems
     context.close()
+
+
+def test_api_docs_render_from_the_service_alone(browser, servers):
+    """/docs (Swagger UI) and /redoc render with every request going to the service itself: they
+    work on a machine without internet access (FastAPI's defaults fetch their code from CDNs)."""
+    base = servers[1].base  # the service with an API key: the docs and their assets stay open
+    context, page, problems = _new_page(browser)
+    answered: list[str] = []  # every response the page got, from wherever
+    refused: dict[str, str] = {}  # requests the browser did not send, and why
+    page.on("response", lambda response: answered.append(response.url))
+    page.on("requestfailed", lambda request: refused.update({request.url: request.failure or ""}))
+    page.goto(base + "/docs")
+    title = page.locator(".swagger-ui .info .title")
+    title.wait_for(timeout=30_000)
+    assert title.inner_text().startswith("ClipCrop")
+    page.locator(".opblock-summary-path", has_text="/v1/crop").first.wait_for(timeout=30_000)
+    page.goto(base + "/redoc")
+    page.locator("h1", has_text="ClipCrop").first.wait_for(timeout=30_000)
+    assert page.get_by_text("/v1/crop").count() > 0
+    here = (base + "/", "blob:" + base + "/", "data:")
+    assert len(answered) >= 8 and all(url.startswith(here) for url in answered), answered
+    # ReDoc's bundle asks for its logo on cdn.redoc.ly: the page's CSP refuses it (ReDoc hides it)
+    assert all(why == "csp" for url, why in refused.items() if not url.startswith(here)), refused
+    assert all("cdn.redoc.ly" in p for p in problems), problems
+    context.close()

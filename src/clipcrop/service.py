@@ -52,6 +52,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .box_ops import parse_aspect
+from .docs_pages import ASSETS_URL as DOCS_ASSETS_URL
+from .docs_pages import add_docs_pages
 from .errors import ClipCropError, ParameterError
 from .imageio import decode_bytes
 from .limits import Limits
@@ -336,7 +338,7 @@ def _is_open(scope: dict) -> bool:
     root = scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root) :] or "/"
-    return path in OPEN_PATHS or path.startswith("/static/")
+    return path in OPEN_PATHS or path.startswith(("/static/", DOCS_ASSETS_URL + "/"))
 
 
 class _Guard:
@@ -714,8 +716,11 @@ def create_app(
             "(a text query, a query image, or nothing) and get ranked, aesthetic crops that show it. "
             'Errors are JSON: `{"error": {"code": ..., "message": ...}}`.'
         ),
+        docs_url=None,  # FastAPI's pages load their assets from CDNs: docs_pages serves them itself
+        redoc_url=None,
     )
     app.state.clipcrop = service
+    add_docs_pages(app, title)
 
     security: list = []
     if api_key:
