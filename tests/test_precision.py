@@ -48,15 +48,22 @@ def test_half_precision_backbone_stays_close_to_fp32(tiny_clipcrop_dir, fp32, pr
             assert 0 <= x0 < x1 <= result.width and 0 <= y0 < y1 <= result.height
 
 
-def test_int8_quantises_the_backbone_linears_and_stays_close(tiny_clipcrop_dir, fp32):
+def test_int8_quantises_the_vision_mlps_and_stays_close(tiny_clipcrop_dir, fp32):
+    from clipcrop.quantization import int8_layer_names
+
     cc = ClipCrop.from_pretrained(tiny_clipcrop_dir, quantize="int8")
-    quantised = [
-        m
-        for m in cc.backbone.model.modules()
+    quantised = {
+        name
+        for name, m in cc.backbone.model.named_modules()
         if type(m).__name__ == "Linear" and "quantized" in type(m).__module__
-    ]
-    plain = [m for m in cc.backbone.model.modules() if type(m) is torch.nn.Linear]
-    assert quantised and not plain
+    }
+    plain = {name for name, m in cc.backbone.model.named_modules() if type(m) is torch.nn.Linear}
+    # only the vision tower's MLPs; heads, attention and the text tower stay fp32
+    assert quantised and all(".vision_model.encoder.layers." in n and ".mlp.fc" in n for n in quantised)
+    assert any("class_head" in n for n in plain) and any("box_head" in n for n in plain)
+    assert any("self_attn" in n for n in plain) and any("text_model" in n for n in plain)
+    fresh = ClipCrop.from_pretrained(tiny_clipcrop_dir).backbone.model
+    assert quantised == int8_layer_names(fresh)
     embeds, boxes = _features(cc)
     ref_embeds, ref_boxes = fp32
     cosine = torch.nn.functional.cosine_similarity(embeds, ref_embeds, dim=-1)
@@ -104,3 +111,40 @@ def test_cli_int8_run_and_refused_combination(tiny_clipcrop_dir):
     assert bad.returncode != 0
     assert "int8 cannot be combined with precision bf16" in bad.stderr
     assert "Traceback" not in bad.stderr and bad.stdout == ""
+
+
+def test_int8_keeps_the_crops_of_a_calibrated_checkpoint(tiny_backbone_dir):
+    """What int8 must hold on weights that behave like real ones: the same top-1 crops and the same
+    best detection token as fp32, over 18 photo-query pairs. Quantising every Linear (the old
+    form) scores mean IoU 0.916 and 17 of 18 tokens here, and fails; the vision MLPs alone
+    score 0.951 and 18 of 18 (on the full-size B/32: 0.948 against 0.725)."""
+    import numpy as np
+
+    from clipcrop.box_ops import iou_np
+    from conftest import sample_photo
+
+    fp32 = ClipCrop.from_pretrained(tiny_backbone_dir)
+    int8 = ClipCrop.from_pretrained(tiny_backbone_dir, quantize="int8")
+    names = [
+        "astronaut.png",
+        "chelsea.png",
+        "coffee.png",
+        "motorcycle_left.png",
+        "grace_hopper.jpg",
+        "horse.png",
+    ]
+    ious, same_token = [], []
+    for name in names:
+        a, b = fp32.encode(sample_photo(name)), int8.encode(sample_photo(name))
+        for query in ("a human face", "a cup of coffee", "a red motorcycle"):
+            ious.append(
+                iou_np(
+                    np.array([a.crop(query=query)[0].box], float),
+                    np.array([b.crop(query=query)[0].box], float),
+                )[0, 0]
+            )
+            same_token.append(
+                a.detect(query=query, top_k=1)[0].token == b.detect(query=query, top_k=1)[0].token
+            )
+    assert np.mean(ious) >= 0.93, ious
+    assert all(same_token), same_token

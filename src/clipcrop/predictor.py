@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +250,8 @@ class ClipCrop:
             name_or_dir: Hub id or local folder; default ``$CLIPCROP_MODEL`` or ``google/owlvit-base-patch32``.
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPU).
-            quantize: ``"int8"`` for CPU dynamic quantisation of the backbone's linear layers.
+            quantize: ``"int8"`` for CPU dynamic quantisation of the vision tower's MLPs
+                (:mod:`clipcrop.quantization` says why only those).
             backbone: for a trained checkpoint, load this OWL-ViT folder or Hub id instead of the
                 one the checkpoint names (for example after moving it).
             selection, min_crop_area, min_crop_side: see :class:`ClipCrop`.
@@ -309,13 +309,9 @@ class ClipCrop:
         if dtype != torch.float32:
             backbone.model.to(dtype)
         if quantize == "int8":
-            with warnings.catch_warnings():
-                # torch 2.13 marks its quantised-tensor constructors deprecated (moving to torchao);
-                # the pinned torch still runs them, so the notice would only alarm CLI users
-                warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
-                backbone.model = torch.ao.quantization.quantize_dynamic(
-                    backbone.model, {torch.nn.Linear}, dtype=torch.qint8
-                )
+            from .quantization import quantize_int8
+
+            backbone.model = quantize_int8(backbone.model)
         predictor = cls(
             backbone,
             model,
