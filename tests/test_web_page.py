@@ -119,7 +119,7 @@ def test_crop_with_the_keyboard_then_an_error(browser, servers, tmp_path):
 
     page.wait_for_selector("#thumbs li >> nth=2", timeout=60_000)
     assert page.locator("#boxes .box").count() == 3
-    assert page.locator("#boxes .box .rank").all_inner_texts() == ["1", "2", "3"]
+    assert page.locator("#boxes .rank").all_inner_texts() == ["1", "2", "3"]
     metas = page.locator("#thumbs .score").all_inner_texts()
     assert len(metas) == 3 and all("score 0." in m or "score 1." in m for m in metas), metas
     assert "3 crops" in page.locator("#status").inner_text()
@@ -205,4 +205,138 @@ def test_api_docs_render_from_the_service_alone(browser, servers):
     # ReDoc's bundle asks for its logo on cdn.redoc.ly: the page's CSP refuses it (ReDoc hides it)
     assert all(why == "csp" for url, why in refused.items() if not url.startswith(here)), refused
     assert all("cdn.redoc.ly" in p for p in problems), problems
+    context.close()
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and (b["y"] < a["y"] + a["height"])
+    )
+
+
+def test_form_takes_the_servers_limits_and_keeps_the_queries_exclusive(browser, tiny_cc):
+    from clipcrop.service import create_app
+
+    limits = Limits(max_file_bytes=200_000, max_query_chars=40)
+    with ThreadServer(create_app(tiny_cc, limits)) as srv:
+        context, page, problems = _new_page(browser)
+        crops_sent: list[str] = []
+        page.on("request", lambda r: crops_sent.append(r.url) if "/v1/crop" in r.url else None)
+        page.goto(srv.base + "/")
+        page.wait_for_selector("body[data-info=loaded]", timeout=30_000)
+        assert page.get_attribute("#top-k", "max") == "12"  # the tiny model's M, not a page constant
+        assert page.inner_text("#top-k-hint") == "1 to 12"
+        assert page.get_attribute("#query", "maxlength") == "40"
+        values = page.eval_on_selector_all("#aspect option", "os => os.map(o => o.value)")
+        assert values == ["", "1:1", "4:5", "2:3", "3:4", "4:3", "3:2", "16:9", "9:16", "custom"]
+
+        # a text query locks the image picker; a query image clears and locks the text field
+        page.fill("#query", "a cat")
+        assert page.is_disabled("#image-query") and page.is_enabled("#query")
+        page.fill("#query", "")
+        assert page.is_enabled("#image-query")
+        page.fill("#query", "a cat")
+        page.fill("#query", " ")
+        page.set_input_files("#image-query", str(sample_photo("grace_hopper.jpg")))
+        assert page.is_disabled("#query") and page.input_value("#query") == ""
+        assert page.is_visible("#image-query-note")
+        page.click("#clear-image-query")
+        assert page.is_enabled("#query") and page.is_enabled("#image-query")
+        assert page.evaluate("document.getElementById('image-query').files.length") == 0
+
+        # the server's limits are checked before anything is uploaded
+        page.set_input_files("#image", str(sample_photo("grace_hopper.jpg")))
+        page.fill("#top-k", "13")
+        page.click("#crop-button")
+        assert "from 1 to 12" in page.inner_text("#error")
+        page.fill("#top-k", "2")
+        page.set_input_files("#image", str(sample_photo("astronaut.png")))  # 0.79 MB > 0.19 MB
+        page.click("#crop-button")
+        assert "above this service's limit of 0.2 MB" in page.inner_text("#error")
+        page.select_option("#aspect", "custom")
+        page.fill("#aspect-custom", "0:1")
+        page.set_input_files("#image", str(sample_photo("grace_hopper.jpg")))
+        page.click("#crop-button")
+        assert "W:H with two positive numbers" in page.inner_text("#error")
+        assert crops_sent == []
+        assert not problems, problems
+        context.close()
+
+
+def test_result_says_which_query_made_it_and_custom_ratios_apply(browser, servers):
+    context, page, problems = _new_page(browser)
+    page.goto(servers[0].base + "/")
+    page.wait_for_selector("body[data-info=loaded]", timeout=30_000)
+    page.set_input_files("#image", str(sample_photo("astronaut.png")))
+    page.fill("#query", "a rocket")
+    page.fill("#top-k", "2")
+    page.select_option("#aspect", "custom")
+    page.fill("#aspect-custom", "5:4")
+    page.click("#crop-button")
+    page.wait_for_selector("#thumbs li >> nth=1", timeout=60_000)
+    said = page.inner_text("#result-query-text")
+    assert said.startswith("Crops for “a rocket”") and "aspect 5:4" in said, said
+    for meta in page.locator("#thumbs .score").all_inner_texts():
+        w, h = (int(v) for v in meta.rsplit("·", 1)[1].strip().split("×"))
+        assert abs(w / h - 5 / 4) < 0.02, meta
+
+    page.set_input_files("#image-query", str(sample_photo("coffee.png")))
+    page.select_option("#aspect", "")
+    page.click("#crop-button")
+    page.locator("#result-query-text", has_text="query image").wait_for(timeout=60_000)
+    assert page.inner_text("#result-query-text").startswith("Crops for the query image coffee.png")
+    assert page.is_visible("#result-query-image")
+    assert not problems, problems
+    context.close()
+
+
+def test_rank_labels_of_boxes_sharing_corners_never_cover_each_other(browser, servers):
+    """Six crops share the top-left corner, two more the bottom-right one (as the service answers
+    for nested crops): every number stays readable, inside the image."""
+    import json
+
+    boxes = [[0, 0, 512 - 40 * i, 512 - 40 * i] for i in range(6)] + [
+        [200, 200, 512, 512],
+        [300, 260, 512, 512],
+    ]
+    answer = {
+        "image": "astronaut.png",
+        "width": 512,
+        "height": 512,
+        "query": "nested",
+        "image_query": None,
+        "mode": "trained",
+        "crops": [{"box": b, "score": 0.9 - 0.05 * i} for i, b in enumerate(boxes)],
+        "error": None,
+        "timings": {},
+    }
+    context, page, problems = _new_page(browser)
+    page.route(
+        "**/v1/crop",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
+    )
+    page.goto(servers[0].base + "/")
+    page.set_input_files("#image", str(sample_photo("astronaut.png")))
+    page.click("#crop-button")
+    page.wait_for_selector("#thumbs li >> nth=7", timeout=60_000)
+    assert page.locator("#boxes .rank").all_inner_texts() == [str(i) for i in range(1, 9)]
+    stage = page.locator("#boxes").bounding_box()
+    labels = [page.locator(f"#rank-{i}").bounding_box() for i in range(1, 9)]
+    for i, a in enumerate(labels):
+        assert stage["x"] - 0.5 <= a["x"] and a["x"] + a["width"] <= stage["x"] + stage["width"] + 0.5
+        assert stage["y"] - 0.5 <= a["y"] and a["y"] + a["height"] <= stage["y"] + stage["height"] + 0.5
+        for j, b in enumerate(labels[:i]):
+            assert not _overlap(a, b), (i + 1, j + 1, a, b)
+    # the topmost element at each label's centre is that label: nothing covers it (hit-testing on:
+    # the overlay ignores the pointer so that the image stays usable)
+    page.evaluate(
+        "document.querySelectorAll('#boxes, #boxes *').forEach(e => e.style.pointerEvents = 'auto')"
+    )
+    for i, a in enumerate(labels, start=1):
+        cx, cy = a["x"] + a["width"] / 2, a["y"] + a["height"] / 2
+        assert page.evaluate(f"document.elementFromPoint({cx}, {cy}).id") == f"rank-{i}"
+    assert not problems, problems
     context.close()

@@ -10,6 +10,8 @@ Endpoints
                              ``strip_icc``] -> the best crop itself, cut out of the full-resolution
                              upload, with its ICC profile and EXIF (orientation 1) unless stripped.
     ``GET /health``          liveness; ``GET /ready``: 200 once the model is loaded, 503 before.
+    ``GET /v1/info``         the limits and choices the page builds its form from (max top_k,
+                             upload size, query length, formats, aspect presets); open like /ready.
     ``GET /``                the web page (``clipcrop/static``); ``/docs`` and ``/openapi.json``.
 
 Every error is ``{"error": {"code": "...", "message": "..."}}`` with the status declared on the
@@ -57,6 +59,7 @@ from .docs_pages import add_docs_pages
 from .errors import ClipCropError, ParameterError
 from .imageio import decode_bytes
 from .limits import Limits
+from .service_info import DEFAULT_TOP_K, InfoResponse, info_body
 from .validation import validate_query, validate_query_pair, validate_top_k
 
 logger = logging.getLogger(__name__)
@@ -329,7 +332,7 @@ def _header(scope: dict, name: bytes) -> bytes | None:
 
 #: paths that stay open when an API key is set; everything else needs the key (deny by default)
 OPEN_PATHS = frozenset(
-    {"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {"/", "/health", "/ready", "/v1/info", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
 
 
@@ -659,7 +662,7 @@ QueryImageField = Annotated[
     UploadFile | None, File(description="a reference image of what the crop should show")
 ]
 TopKField = Annotated[
-    int, Form(ge=1, le=1000, description="number of crops (1 .. max_top_k, which /ready reports)")
+    int, Form(ge=1, le=1000, description="number of crops (1 .. max_top_k, which /v1/info and /ready report)")
 ]
 AspectField = Annotated[
     str | None,
@@ -810,6 +813,23 @@ def create_app(
             "max_queue": service.queue.max_waiting,
         }
 
+    @app.get(
+        "/v1/info",
+        response_model=InfoResponse,
+        summary="Limits and choices for clients: max top_k, upload size, query length, formats, aspect presets",
+        tags=["status"],
+        responses=_errors(500, 503),
+    )
+    async def info() -> dict:
+        predictor = service.require_predictor()
+        return info_body(
+            service.limits,
+            service.max_top_k(predictor),
+            _public_model_name(str(getattr(predictor, "name", ""))),
+            str(getattr(predictor, "mode", "")),
+            __version__,
+        )
+
     crop_errors = _errors(400, 401, 408, 413, 415, 422, 429, 500, 503, 504)
 
     @app.post(
@@ -825,7 +845,7 @@ def create_app(
         image: ImageField,
         query: QueryField = None,
         image_query: QueryImageField = None,
-        top_k: TopKField = 5,
+        top_k: TopKField = DEFAULT_TOP_K,
         aspect: AspectField = None,
     ) -> JSONResponse:
         job = await _prepare(service, request, image, image_query, top_k, aspect)
@@ -855,7 +875,7 @@ def create_app(
         image: ImageField,
         query: QueryField = None,
         image_query: QueryImageField = None,
-        top_k: TopKField = 5,
+        top_k: TopKField = DEFAULT_TOP_K,
         aspect: AspectField = None,
         format: FormatField = "jpeg",
         strip_metadata: StripMetadataField = False,

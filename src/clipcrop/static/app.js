@@ -1,11 +1,23 @@
 // ClipCrop web page: plain JS, no build step, no third-party code.
-// Posts the form to /v1/crop, draws the ranked crops on the image and cuts them client-side
-// (canvas) from the uploaded file so that each can be downloaded.
+// Builds its form from the server's limits (GET /v1/info), posts it to /v1/crop, draws the ranked
+// crops on the image (rank labels placed where they cover no other label) and cuts them
+// client-side (canvas) from the uploaded file so that each can be downloaded.
 "use strict";
 
 (function () {
   const COLORS = ["#ff3b30", "#ffcc00", "#34c759", "#0a84ff", "#af52de", "#ff9500", "#5ac8fa", "#ff2d55"];
   const KEY_STORAGE = "clipcrop-api-key";
+  const ASPECT_LABELS = {
+    "1:1": "square",
+    "4:5": "portrait",
+    "2:3": "portrait photo",
+    "3:4": "portrait",
+    "4:3": "classic",
+    "3:2": "photo",
+    "16:9": "wide",
+    "9:16": "story",
+  };
+  const RATIO = /^\s*(\d+(?:\.\d+)?)\s*[:/x]\s*(\d+(?:\.\d+)?)\s*$/i;
 
   const $ = (id) => document.getElementById(id);
   const form = $("crop-form");
@@ -14,6 +26,14 @@
   const queryImageInput = $("image-query");
   const topKInput = $("top-k");
   const aspectSelect = $("aspect");
+  const aspectCustom = $("aspect-custom");
+  const aspectCustomLabel = $("aspect-custom-label");
+  const topKHint = $("top-k-hint");
+  const clearQueryImage = $("clear-image-query");
+  const imageQueryNote = $("image-query-note");
+  const resultQuery = $("result-query");
+  const resultQueryText = $("result-query-text");
+  const resultQueryImage = $("result-query-image");
   const keyBox = $("key-box");
   const keyInput = $("api-key");
   const button = $("crop-button");
@@ -28,6 +48,10 @@
 
   let imageUrl = null; // object URL of the uploaded image
   let thumbUrls = []; // object URLs of the cut crops
+  let queryImageUrl = null; // object URL of the query image shown with the result
+  let lastResult = null; // the result drawn now (labels are placed again when the image resizes)
+  // the server's limits (GET /v1/info); these defaults hold until it answers
+  const limits = { max_top_k: 90, default_top_k: 5, max_upload_bytes: 25 * 1024 * 1024, max_query_chars: 512 };
 
   function readKey() {
     try {
@@ -59,6 +83,10 @@
   }
 
   function clearResults() {
+    lastResult = null;
+    resultQuery.hidden = true;
+    if (queryImageUrl) URL.revokeObjectURL(queryImageUrl);
+    queryImageUrl = null;
     boxesEl.replaceChildren();
     thumbs.replaceChildren();
     thumbUrls.forEach((u) => URL.revokeObjectURL(u));
@@ -92,10 +120,81 @@
     showPreview(imageInput.files[0] || null);
   });
 
-  $("clear-image-query").addEventListener("click", () => {
-    queryImageInput.value = "";
-    queryImageInput.focus();
+  // a text query and a query image exclude each other: choosing an image clears and locks the
+  // text field (Clear unlocks it); typing a query locks the image picker
+  function syncCondition() {
+    const hasImage = queryImageInput.files.length > 0;
+    const hasText = queryInput.value.trim() !== "";
+    queryInput.disabled = hasImage;
+    queryImageInput.disabled = hasText && !hasImage;
+    clearQueryImage.disabled = !hasImage;
+    imageQueryNote.hidden = !hasImage;
+  }
+
+  queryInput.addEventListener("input", syncCondition);
+  queryImageInput.addEventListener("change", () => {
+    if (queryImageInput.files.length > 0) queryInput.value = "";
+    syncCondition();
   });
+  clearQueryImage.addEventListener("click", () => {
+    queryImageInput.value = "";
+    syncCondition();
+    queryInput.focus();
+  });
+
+  aspectSelect.addEventListener("change", () => {
+    const custom = aspectSelect.value === "custom";
+    aspectCustom.hidden = !custom;
+    aspectCustomLabel.hidden = !custom;
+    if (custom) aspectCustom.focus();
+  });
+
+  function presetOption(ratio) {
+    const option = document.createElement("option");
+    option.value = ratio;
+    option.textContent = ratio + (ASPECT_LABELS[ratio] ? " " + ASPECT_LABELS[ratio] : "");
+    return option;
+  }
+
+  function applyInfo(info) {
+    Object.assign(limits, info);
+    topKInput.max = String(info.max_top_k);
+    topKHint.textContent = "1 to " + info.max_top_k;
+    const k = Number(topKInput.value);
+    if (!Number.isInteger(k) || k < 1 || k > info.max_top_k) topKInput.value = String(info.default_top_k);
+    queryInput.maxLength = info.max_query_chars;
+    if (info.media_types && info.media_types.length) {
+      imageInput.accept = info.media_types.join(",");
+      queryImageInput.accept = imageInput.accept;
+    }
+    if (info.aspect_presets && info.aspect_presets.length) {
+      const chosen = aspectSelect.value;
+      const free = aspectSelect.querySelector('option[value=""]');
+      const custom = aspectSelect.querySelector('option[value="custom"]');
+      aspectSelect.replaceChildren(free, ...info.aspect_presets.map(presetOption), custom);
+      aspectSelect.value = chosen;
+      if (aspectSelect.value !== chosen) aspectSelect.value = "";
+    }
+  }
+
+  async function loadInfo(triesLeft) {
+    // 503 while the model loads: ask again; anything else keeps the defaults (the server still checks)
+    try {
+      const response = await fetch("/v1/info");
+      if (response.ok) {
+        applyInfo(await response.json());
+        document.body.dataset.info = "loaded";
+        return;
+      }
+      if (response.status === 503 && triesLeft > 0) {
+        setTimeout(() => loadInfo(triesLeft - 1), 2000);
+        return;
+      }
+    } catch (e) {
+      /* unreachable: the submit reports it */
+    }
+    document.body.dataset.info = "defaults";
+  }
 
   // drag and drop onto the image zone
   ["dragenter", "dragover"].forEach((type) =>
@@ -130,9 +229,65 @@
     return (dot > 0 ? base.slice(0, dot) : base).replace(/[^\w.-]+/g, "_") || "image";
   }
 
+  function overlaps(a, b) {
+    return a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+  }
+
+  // Where each box's rank label goes, best rank first: the first spot that covers no label placed
+  // already, trying the box's corners inside, then outside, then along its edges, then the
+  // nearest free cell of the whole image; every spot stays inside the image. Boxes are
+  // {x0, y0, x1, y1} and the label w x h, in pixels of the image as shown (W x H).
+  function placeLabels(boxes, w, h, W, H) {
+    const placed = [];
+    const clamp = (x, y) => ({ x: Math.min(Math.max(x, 0), Math.max(W - w, 0)), y: Math.min(Math.max(y, 0), Math.max(H - h, 0)), w, h });
+    for (const b of boxes) {
+      const spots = [
+        [b.x0, b.y0], [b.x1 - w, b.y0], [b.x0, b.y1 - h], [b.x1 - w, b.y1 - h],
+        [b.x0, b.y0 - h], [b.x1 - w, b.y0 - h], [b.x0, b.y1], [b.x1 - w, b.y1],
+        [b.x0 - w, b.y0], [b.x1, b.y0], [b.x0 - w, b.y1 - h], [b.x1, b.y1 - h],
+      ];
+      for (let x = b.x0 + w; x < b.x1 - w; x += w) spots.push([x, b.y0], [x, b.y1 - h]);
+      for (let y = b.y0 + h; y < b.y1 - h; y += h) spots.push([b.x0, y], [b.x1 - w, y]);
+      const grid = [];
+      for (let y = 0; y + h <= H; y += h) for (let x = 0; x + w <= W; x += w) grid.push([x, y]);
+      grid.sort((p, q) => Math.hypot(p[0] - b.x0, p[1] - b.y0) - Math.hypot(q[0] - b.x0, q[1] - b.y0));
+      let spot = null;
+      for (const [x, y] of spots.concat(grid)) {
+        const r = clamp(x, y);
+        if (!placed.some((p) => overlaps(p, r))) {
+          spot = r;
+          break;
+        }
+      }
+      placed.push(spot || clamp(b.x0, b.y0)); // more labels than the image holds: overlap the last
+    }
+    return placed;
+  }
+
+  function layoutLabels() {
+    if (!lastResult) return;
+    const W = boxesEl.clientWidth;
+    const H = boxesEl.clientHeight;
+    const labels = Array.from(boxesEl.querySelectorAll(".rank"));
+    if (!W || !H || !labels.length) return;
+    const w = Math.max(...labels.map((l) => l.offsetWidth));
+    const h = Math.max(...labels.map((l) => l.offsetHeight));
+    const sx = W / lastResult.width;
+    const sy = H / lastResult.height;
+    const boxes = lastResult.crops.map((c) => ({ x0: c.box[0] * sx, y0: c.box[1] * sy, x1: c.box[2] * sx, y1: c.box[3] * sy }));
+    placeLabels(boxes, w + 2, h + 2, W, H).forEach((r, i) => {
+      labels[i].style.left = r.x + 1 + "px";
+      labels[i].style.top = r.y + 1 + "px";
+    });
+  }
+
+  if (window.ResizeObserver) new ResizeObserver(layoutLabels).observe(preview);
+
   function drawBoxes(result) {
     const W = result.width;
     const H = result.height;
+    lastResult = result;
+    const labels = [];
     result.crops.forEach((crop, i) => {
       const [x0, y0, x1, y1] = crop.box;
       const box = document.createElement("div");
@@ -144,12 +299,67 @@
       box.style.width = (100 * (x1 - x0)) / W + "%";
       box.style.height = (100 * (y1 - y0)) / H + "%";
       box.style.zIndex = String(result.crops.length - i);
+      boxesEl.appendChild(box);
       const label = document.createElement("span");
       label.className = "rank";
+      label.id = "rank-" + (i + 1);
+      label.style.setProperty("--c", COLORS[i % COLORS.length]);
       label.textContent = String(i + 1);
-      box.appendChild(label);
-      boxesEl.appendChild(box);
+      labels.push(label);
     });
+    labels.forEach((label) => boxesEl.appendChild(label)); // above every box
+    layoutLabels();
+  }
+
+  function showQuery(result, queryImage, aspect) {
+    // which request made these crops: the text, the query image, or neither
+    let text;
+    if (result.query) text = "Crops for “" + result.query + "”";
+    else if (result.image_query) text = "Crops for the query image " + result.image_query;
+    else text = "General aesthetic crops (no query)";
+    resultQueryText.textContent = text + (aspect ? " · aspect " + aspect : "") + " · " + result.mode + " mode";
+    resultQueryImage.hidden = !queryImage;
+    if (queryImage) {
+      queryImageUrl = URL.createObjectURL(queryImage);
+      resultQueryImage.src = queryImageUrl;
+    }
+    resultQuery.hidden = false;
+  }
+
+  function megabytes(n) {
+    return (n / (1024 * 1024)).toFixed(1) + " MB";
+  }
+
+  // the checks the server would make anyway, made before uploading: the message comes at once
+  function formProblem(file, queryImage) {
+    const k = Number(topKInput.value);
+    if (topKInput.value !== "" && (!Number.isInteger(k) || k < 1 || k > limits.max_top_k)) {
+      return { field: topKInput, message: "Number of crops must be a whole number from 1 to " + limits.max_top_k + "." };
+    }
+    for (const [f, what] of [[file, "The image"], [queryImage, "The query image"]]) {
+      if (f && f.size > limits.max_upload_bytes) {
+        return {
+          field: f === file ? imageInput : queryImageInput,
+          message: what + " is " + megabytes(f.size) + ", above this service's limit of " + megabytes(limits.max_upload_bytes) + ".",
+        };
+      }
+    }
+    if (queryInput.value.trim().length > limits.max_query_chars) {
+      return { field: queryInput, message: "The query is longer than " + limits.max_query_chars + " characters." };
+    }
+    if (aspectSelect.value === "custom") {
+      const m = RATIO.exec(aspectCustom.value);
+      if (!m || !(Number(m[1]) > 0) || !(Number(m[2]) > 0)) {
+        return { field: aspectCustom, message: "Give the custom ratio as W:H with two positive numbers, e.g. 5:4." };
+      }
+    }
+    return null;
+  }
+
+  function chosenAspect() {
+    if (aspectSelect.value !== "custom") return aspectSelect.value;
+    const m = RATIO.exec(aspectCustom.value);
+    return m ? m[1] + ":" + m[2] : "";
   }
 
   function cutCrop(img, box, W, H) {
@@ -240,15 +450,22 @@
       imageInput.focus();
       return;
     }
+    const queryImage = queryImageInput.files[0];
+    const problem = formProblem(file, queryImage);
+    if (problem) {
+      showError(problem.message);
+      problem.field.focus();
+      return;
+    }
     if (!keyBox.hidden) storeKey(keyInput.value.trim());
     const data = new FormData();
     data.append("image", file, file.name);
     const query = queryInput.value;
-    if (query.trim() !== "") data.append("query", query);
-    const queryImage = queryImageInput.files[0];
+    if (!queryImage && query.trim() !== "") data.append("query", query); // never both
     if (queryImage) data.append("image_query", queryImage, queryImage.name);
     if (topKInput.value !== "") data.append("top_k", topKInput.value);
-    if (aspectSelect.value) data.append("aspect", aspectSelect.value);
+    const aspect = chosenAspect();
+    if (aspect) data.append("aspect", aspect);
     const headers = {};
     const key = readKey();
     if (key) headers["Authorization"] = "Bearer " + key;
@@ -283,6 +500,7 @@
       const imageOk = await waitForImage(preview);
       stage.hidden = !imageOk;
       placeholder.hidden = true;
+      showQuery(result, queryImage, aspect);
       drawBoxes(result);
       await showThumbs(result, file, imageOk);
       const ms = Math.round(performance.now() - started);
@@ -302,4 +520,6 @@
     keyBox.hidden = false;
     keyInput.value = saved;
   }
+  syncCondition();
+  loadInfo(60);
 })();
