@@ -23,6 +23,7 @@ from .errors import ClipCropError
 
 COMMANDS = {
     "crop": ("cli_crop", "crop images for a text query, an image query, or none"),
+    "detect": ("cli_detect", "OWL-ViT's detections for a text or image query (boxes, scores, tokens)"),
     "serve": ("cli_serve", "run the HTTP service and web page"),
     "batch": ("cli_batch", "crop a folder or manifest at scale on Ray Data (resumable)"),
     "train": ("cli_train", "train the ClipCrop decoder on GAIC with text annotations"),

@@ -9,7 +9,8 @@ exit status 1.
 The checks go by the flags' ``dest`` names, so a subcommand gets them by spelling its flags like
 the others do:
 
-* ``model`` / ``backbone``: a local folder must exist and hold a model's ``config.json``;
+* ``model`` / ``backbone``: a local folder must exist and hold a model's ``config.json``
+  (``backbone``: an OWL-ViT/OWLv2 one; next to ``model``, only for a trained checkpoint);
 * ``top_k``: 1 .. the model's number of crops (read from that ``config.json``, see
   :mod:`clipcrop.model_source`), capped by ``CLIPCROP_MAX_TOP_K``, the same limit and message as
   after loading; ``aspect``: a valid ``W:H``; ``query``: a valid text query;
@@ -122,20 +123,35 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def _check_model(args: argparse.Namespace) -> dict | None:
     """The model's config as far as it is known here (None: a Hub id not in the cache)."""
-    from .model_source import cached_hub_config, local_config, looks_local, model_name
+    from .model_source import CHECKPOINT_MARKER, cached_hub_config, local_config, looks_local, model_name
 
-    if hasattr(args, "backbone"):  # train, finetune-backbone: plain OWL-ViT/OWLv2 weights
-        name = model_name(args.backbone)
-        if looks_local(name):
+    backbone = getattr(args, "backbone", None)
+    # train, finetune-backbone: the OWL-ViT/OWLv2 weights to start from (default $CLIPCROP_MODEL);
+    # the commands that load a --model: a trained checkpoint's backbone, only when given
+    if hasattr(args, "backbone") and (backbone is not None or not hasattr(args, "model")):
+        name = model_name(backbone)
+        if looks_local(name) and not _on_cluster_only(args, name):
             local_config(name, backbone_only=True)
     if not hasattr(args, "model"):
         return None
     name = model_name(args.model)
     if not looks_local(name):
-        return cached_hub_config(name)
-    if getattr(args, "ray_address", None) and not Path(name).expanduser().exists():
-        return None  # a path on the Ray cluster's machines, not necessarily on this one
-    return local_config(name)
+        config = cached_hub_config(name)
+    elif _on_cluster_only(args, name):
+        return None
+    else:
+        config = local_config(name)
+    if backbone is not None and config is not None and CHECKPOINT_MARKER not in config:
+        raise ParameterError(
+            f"--backbone is for trained ClipCrop checkpoints; {name!r} is an OWL-ViT model itself "
+            "(drop --backbone, or pass those weights as --model)"
+        )
+    return config
+
+
+def _on_cluster_only(args: argparse.Namespace, name: str) -> bool:
+    """A path for the Ray cluster's machines (``batch --ray-address``), not necessarily on this one."""
+    return bool(getattr(args, "ray_address", None)) and not Path(name).expanduser().exists()
 
 
 def _check_condition(args: argparse.Namespace, limits: Limits, config: dict | None) -> None:

@@ -126,6 +126,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="Hub id or folder (OWL-ViT weights or a ClipCrop checkpoint); "
         "default $CLIPCROP_MODEL or google/owlvit-base-patch32",
     )
+    p.add_argument(
+        "--backbone",
+        metavar="DIR_OR_HUB_ID",
+        help="for a trained ClipCrop checkpoint: load this OWL-ViT/OWLv2 folder or Hub id as its "
+        "backbone instead of the one its config.json names (e.g. after moving that folder)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument(
         "--precision",
@@ -144,7 +150,12 @@ def load_predictor(args: argparse.Namespace):
 
     limits = Limits.from_env(max_pixels=int(args.max_megapixels * 1e6) if args.max_megapixels else None)
     return ClipCrop.from_pretrained(
-        args.model, device=args.device, precision=args.precision, quantize=args.quantize, limits=limits
+        args.model,
+        device=args.device,
+        precision=args.precision,
+        quantize=args.quantize,
+        limits=limits,
+        backbone=getattr(args, "backbone", None),
     )
 
 

@@ -22,7 +22,12 @@ import unicodedata
 from .errors import ParameterError, QueryError
 from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["validate_query", "validate_top_k", "parse_top_k", "validate_query_pair"]
+__all__ = ["MAX_DETECTIONS", "validate_query", "validate_top_k", "parse_top_k", "validate_query_pair"]
+
+#: the most detections one ``detect`` call (library, CLI, ``POST /v1/detect``) returns. Not the
+#: model's number of crops: every image token is a detection (36 on the tiny test checkpoint,
+#: 576 on B/32, 3600 on OWLv2 B/16), and a thousand boxes is already more than any reader uses
+MAX_DETECTIONS = 1000
 
 # C0 controls except tab, line feed and carriage return; DEL; C1 controls (U+0080-U+009F).
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
