@@ -167,3 +167,37 @@ def test_local_model_folders_are_checked_from_config_json(tmp_path):
     with pytest.raises(ModelLoadError, match="ClipCrop needs an OWL-ViT or OWLv2"):
         local_config(str(tmp_path / "ckpt"), backbone_only=True)
     assert max_top_k(None, Limits()) == 90 and max_top_k(ckpt, Limits(max_top_k=8)) == 8
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (
+            ["train", "--gaic-root", "{d}", "--text-annotations", "{d}", "--out", "{d}/ck", "--lr", "0"],
+            "learning rates must be positive",
+        ),
+        (["train", "--gaic-root", "{d}", "--out", "{d}/ck"], "pass the text annotations folder"),
+        (
+            ["train", "--gaic-root", "{d}", "--variant", "base", "--out", "{d}/ck", "--epochs", "0"],
+            "epochs must be a positive",
+        ),
+        (
+            ["finetune-backbone", "--data", "{d}/m.jsonl", "--out", "{d}/o", "--zoom", "2"],
+            "zoom must be in [0, 1]",
+        ),
+        (
+            ["finetune-backbone", "--data", "{d}/m.jsonl", "--out", "{d}/o", "--max-steps", "-1"],
+            "max_steps must be a positive",
+        ),
+    ],
+)
+def test_run_settings_are_usage_errors_before_any_data_loads(tmp_path, capsys, argv, needle):
+    """Settings that only the run's config class checks (it lives beside torch) still exit 2 with
+    one line, before the (empty) data folder or any model is read."""
+    from clipcrop.cli import main
+
+    (tmp_path / "m.jsonl").write_text("")
+    assert main([a.format(d=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("clipcrop: error: ") and needle in err[0], err
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "o").exists()

@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(args.verbose)
     try:
         return int(args._run(args) or 0)
+    except UsageError as exc:  # a setting only its command's module can check (cli_checks.validated)
+        print(f"clipcrop: error: {exc}", file=sys.stderr)
+        return 2
     except ClipCropError as exc:
         print(f"clipcrop: error: {exc}", file=sys.stderr)
         return 1

@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import ClipCropError, ParameterError
 from .limits import Limits
 
-__all__ = ["UsageError", "check_arguments"]
+__all__ = ["UsageError", "check_arguments", "validated"]
+
+T = TypeVar("T")
 
 #: dest -> (flag, what must be there): "file", "folder" or "path" (either)
 EXISTING_PATHS: dict[str, tuple[str, str]] = {
@@ -84,6 +87,19 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise
     except ClipCropError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def validated(config: T) -> T:
+    """``config.validate()`` with its error as a :class:`UsageError` (exit status 2).
+
+    For the run settings whose classes live beside torch (``TrainConfig``, ``FinetuneConfig``,
+    ``EvalConfig``): checked in ``run``, after that import but before any data or model loads.
+    """
+    try:
+        config.validate()  # type: ignore[attr-defined]
+    except ClipCropError as exc:
+        raise UsageError(str(exc)) from exc
+    return config
 
 
 def _check_numbers(args: argparse.Namespace) -> None:

@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     """CLI flags -> :class:`clipcrop.evaluation.EvalConfig` (validated)."""
+    from .cli_checks import validated
     from .evaluation import EvalConfig
 
     config = EvalConfig(
@@ -49,8 +50,7 @@ def build_config(args: argparse.Namespace):
         save_predictions=args.save_predictions,
         limit=args.limit,
     )
-    config.validate()
-    return config
+    return validated(config)  # a bad setting is a usage error (exit 2), found before anything loads
 
 
 def run(args: argparse.Namespace) -> int:

@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     """CLI flags -> :class:`clipcrop.finetune.FinetuneConfig` (validated)."""
+    from .cli_checks import validated
     from .finetune import FinetuneConfig
 
     config = FinetuneConfig(
@@ -72,12 +73,11 @@ def build_config(args: argparse.Namespace):
         weight_focal=args.weight_focal,
         **run_settings(args),
     )
-    config.validate()
-    return config
+    return validated(config)  # a bad setting is a usage error (exit 2), found before anything loads
 
 
 def run(args: argparse.Namespace) -> int:
-    config = build_config(args)  # flag errors before anything heavy is imported
+    config = build_config(args)  # setting errors before any data or model loads
     from .finetune import finetune_backbone
 
     result = finetune_backbone(config)

@@ -91,6 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     """CLI flags -> :class:`clipcrop.training.TrainConfig` (validated)."""
+    from .cli_checks import validated
     from .training import TrainConfig
 
     config = TrainConfig(
@@ -117,12 +118,11 @@ def build_config(args: argparse.Namespace):
         feature_cache=not args.no_feature_cache,
         **run_settings(args),
     )
-    config.validate()
-    return config
+    return validated(config)  # a bad setting is a usage error (exit 2), found before anything loads
 
 
 def run(args: argparse.Namespace) -> int:
-    config = build_config(args)  # flag errors before anything heavy is imported
+    config = build_config(args)  # setting errors before any data or model loads
     from .training import train
 
     result = train(config)
