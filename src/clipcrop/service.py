@@ -9,6 +9,8 @@ Endpoints
     ``POST /v1/crop/image``  the same form [+ ``format`` jpeg|png|webp, ``strip_metadata``,
                              ``strip_icc``] -> the best crop itself, cut out of the full-resolution
                              upload, with its ICC profile and EXIF (orientation 1) unless stripped.
+    ``POST /v1/detect``      multipart ``image`` + ``query`` | ``image_query`` [+ ``top_k``] -> the
+                             ``clipcrop detect --json`` object (OWL-ViT's detections), plus ``timings``.
     ``GET /health``          liveness; ``GET /ready``: 200 once the model is loaded, 503 before.
     ``GET /v1/info``         the limits and choices the page builds its form from (max top_k,
                              upload size, query length, formats, aspect presets); open like /ready.
@@ -56,11 +58,11 @@ from . import __version__
 from .box_ops import parse_aspect
 from .docs_pages import ASSETS_URL as DOCS_ASSETS_URL
 from .docs_pages import add_docs_pages
-from .errors import ClipCropError, ParameterError
+from .errors import ClipCropError, ParameterError, QueryError
 from .imageio import decode_bytes
 from .limits import Limits
 from .service_info import DEFAULT_TOP_K, InfoResponse, info_body
-from .validation import validate_query, validate_query_pair, validate_top_k
+from .validation import MAX_DETECTIONS, validate_query, validate_query_pair, validate_top_k
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +174,28 @@ class CropResponse(BaseModel):
     timings: dict[str, float] = Field(description="seconds per stage")
 
 
+class DetectionItem(BaseModel):
+    box: list[float] = Field(description="x0, y0, x1, y1: float pixels of the upright original, clamped")
+    score: float = Field(description="OWL-ViT's probability, sigmoid(logit)")
+    logit: float
+    token: int = Field(description="index of the image token that predicts this box")
+
+
+class DetectResponse(BaseModel):
+    """``clipcrop detect --json``'s object for the uploaded image, plus ``timings``."""
+
+    image: str = Field(description="the uploaded file name")
+    width: int
+    height: int
+    query: str | None = Field(description="the text query after cleaning (used whole), or null")
+    image_query: str | None = Field(None, description="file name of the query image, when one was sent")
+    query_token: int | None = Field(None, description="the query image's token whose embedding was used")
+    truncated: bool | None = Field(None, description="the text was longer than OWL-ViT reads (text queries)")
+    detections: list[DetectionItem] = Field(description="best first")
+    error: str | None = Field(description="always null in a 200 answer")
+    timings: dict[str, float] = Field(description="seconds per stage")
+
+
 class HealthResponse(BaseModel):
     status: str
     version: str
@@ -189,7 +213,8 @@ class ReadyResponse(BaseModel):
 
 
 _ERROR_TEXT = {
-    400: "Bad parameters (missing image, bad top_k or aspect, empty query, both query and image_query)",
+    400: "Bad parameters (missing image, bad top_k or aspect, empty query, both query and image_query; "
+    "for /v1/detect also neither)",
     401: "API key missing or wrong (send Authorization: Bearer KEY or X-API-Key: KEY)",
     408: "The upload was too slow",
     413: "Upload larger than the limit",
@@ -552,7 +577,8 @@ class _Job:
         self.query, self.query_data, self.query_name = query, query_data, query_name
         self.top_k, self.aspect = top_k, aspect
 
-    def crop(self):
+    def decode(self) -> tuple[Any, Any, float]:
+        """The upload and the query image (or None) decoded, and the seconds that took."""
         limits = self.service.limits
         t0 = time.perf_counter()
         loaded = decode_bytes(self.data, limits, name=self.name)
@@ -561,7 +587,18 @@ class _Job:
             if self.query_data is not None
             else None
         )
-        decoded = time.perf_counter() - t0
+        return loaded, query_image, time.perf_counter() - t0
+
+    def detect_json(self) -> dict:
+        """``POST /v1/detect``'s answer: :meth:`ClipCrop.detect`'s ``to_dict()`` plus ``timings``."""
+        t0 = time.perf_counter()
+        loaded, query_image, decoded = self.decode()
+        result = self.predictor.detect(loaded, query=self.query, image_query=query_image, top_k=self.top_k)
+        timings = {**result.timings, "decode": decoded, "total": time.perf_counter() - t0}
+        return {**result.to_dict(), "timings": {k: round(v, 6) for k, v in timings.items()}}
+
+    def crop(self):
+        loaded, query_image, decoded = self.decode()
         result = self.predictor.crop(
             loaded, query=self.query, image_query=query_image, top_k=self.top_k, aspect_ratio=self.aspect
         )
@@ -622,7 +659,11 @@ async def _prepare(
     image_query: Any,
     top_k: Any,
     aspect: Any,
+    *,
+    detect: bool = False,
 ) -> _Job:
+    """Check a crop form (``detect``: a detect form, which needs a query and has its own top_k
+    limit) and read its uploads; every parameter error is raised before the first byte is read."""
     predictor = service.require_predictor()
     form = await request.form()  # already parsed by FastAPI: the raw values, empty strings included
     if _is_absent(image) or not isinstance(image, StarletteUploadFile):
@@ -638,8 +679,10 @@ async def _prepare(
     elif not isinstance(image_query, StarletteUploadFile):
         raise ParameterError("image_query: must be a file")
     validate_query_pair(raw_query, image_query)
+    if detect and raw_query is None and image_query is None:
+        raise QueryError("detect needs a text query (field 'query') or an image query (file 'image_query')")
     query = validate_query(raw_query, service.limits)
-    top_k = validate_top_k(top_k, service.max_top_k(predictor))
+    top_k = validate_top_k(top_k, MAX_DETECTIONS if detect else service.max_top_k(predictor))
     aspect_text = aspect if isinstance(aspect, str) and aspect.strip() else None
     parse_aspect(aspect_text)  # ParameterError now, before any work
     limit = service.limits.max_file_bytes
@@ -660,6 +703,12 @@ QueryField = Annotated[
 ]
 QueryImageField = Annotated[
     UploadFile | None, File(description="a reference image of what the crop should show")
+]
+DetectQueryField = Annotated[
+    str | None, Form(description="what to detect, in words, used whole (or give image_query)")
+]
+DetectTopKField = Annotated[
+    int, Form(ge=1, le=MAX_DETECTIONS, description=f"number of detections (1 .. {MAX_DETECTIONS})")
 ]
 TopKField = Annotated[
     int, Form(ge=1, le=1000, description="number of crops (1 .. max_top_k, which /v1/info and /ready report)")
@@ -890,6 +939,25 @@ def create_app(
             headers["X-Crop-Box"] = ",".join(str(v) for v in result[0].box)
             headers["X-Crop-Score"] = f"{result[0].score:.6f}"
         return Response(data, media_type=media, headers=headers)
+
+    @app.post(
+        "/v1/detect",
+        response_model=DetectResponse,
+        summary="OWL-ViT's detections in an uploaded image for a text or image query (JSON)",
+        tags=["detect"],
+        responses=crop_errors,
+        dependencies=security,
+    )
+    async def detect(
+        request: Request,
+        image: ImageField,
+        query: DetectQueryField = None,
+        image_query: QueryImageField = None,
+        top_k: DetectTopKField = DEFAULT_TOP_K,
+    ) -> JSONResponse:
+        job = await _prepare(service, request, image, image_query, top_k, None, detect=True)
+        out = await service.queue.run(job.detect_json, service.limits.request_timeout_s)
+        return JSONResponse(out)
 
     app.add_middleware(_Guard, service=service)
     return app
