@@ -315,3 +315,116 @@ def test_killed_runs_resume_to_exactly_once(tiny_backbone_dir, tmp_path):
     assert sum(processed.values()) - n <= lost_per_kill * len(kills), (
         f"{context}: {sum(processed.values())} processed"
     )
+
+
+# ---------------------------------------------------------------------------------- crop options, pictures
+def box_ratio(box) -> float:
+    x0, y0, x1, y1 = box
+    return (x1 - x0) / (y1 - y0)
+
+
+def test_crop_options_per_line_and_crop_pictures(ray_session, tiny_clipcrop_dir, tiny_cc, tmp_path):
+    """--top-k/--aspect for the job, top_k/aspect per manifest line, bad lines as error lines, and
+    crop pictures that keep the source's profile and EXIF (batch has what crop has)."""
+    from test_metadata import assert_carried, tagged_photo
+
+    from clipcrop.batch_outputs import condition_digest
+    from clipcrop.errors import OutputExistsError
+
+    jobs = tmp_path / "jobs"
+    (jobs / "img").mkdir(parents=True)
+    (jobs / "img" / "a.jpg").write_bytes(tagged_photo("jpg", size=(360, 240)))
+    (jobs / "img" / "b.png").write_bytes(tagged_photo("png", size=(360, 240)))
+    rows = [
+        {"image": "img/a.jpg"},  # the job's: top_k 3, aspect 1:1
+        {"image": "img/a.jpg", "query": "a cat", "top_k": 2, "aspect": "16:9"},
+        {"image": "img/b.png", "top_k": 1},
+        {"image": "img/b.png", "topk": 2},
+        {"image": "img/b.png", "aspect": "0:1"},
+        {"image": "img/b.png", "top_k": 13},  # the checkpoint ranks 12
+    ]
+    manifest = jobs / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    crops = tmp_path / "crops"
+    config = BatchConfig(
+        input=str(manifest),
+        out=str(tmp_path / "r.jsonl"),
+        query="a woman",
+        model=str(tiny_clipcrop_dir),
+        top_k=3,
+        aspect_ratio="1:1",
+        crops_out=str(crops),
+    )
+    summary = run_batch(config)
+    assert (summary.done, summary.failed) == (3, 3)
+    lines = read_results(tmp_path / "r.jsonl")
+    errors = sorted(d["error"] for d in lines if d["error"])  # by line number: 4, 5, 6
+    for needle, message in zip(
+        ['unknown key "topk"', "positive", "between 1 and 12, got 13"], errors, strict=True
+    ):
+        assert needle in message and str(manifest) in message
+    ok = {(Path(d["image"]).name, d["query"], d["top_k"], d["aspect"]): d for d in lines if not d["error"]}
+    assert set(ok) == {
+        ("a.jpg", "a woman", 3, "1:1"),
+        ("a.jpg", "a cat", 2, "16:9"),
+        ("b.png", "a woman", 1, "1:1"),
+    }
+    written = set()
+    for (name, query, top_k, aspect), d in ok.items():
+        want = tiny_cc.crop(jobs / "img" / name, query=query, top_k=top_k, aspect_ratio=aspect).to_dict()
+        assert_same_crops({**d, "image": want["image"]}, want)
+        assert 1 <= len(d["crops"]) <= top_k
+        ratio = 16 / 9 if aspect == "16:9" else 1.0
+        assert all(abs(box_ratio(c["box"]) - ratio) < 0.02 for c in d["crops"])
+        assert len(d["crop_files"]) == len(d["crops"])
+        for c, path in zip(d["crops"], d["crop_files"], strict=True):
+            picture = Image.open(path)
+            x0, y0, x1, y1 = c["box"]
+            assert picture.size == (x1 - x0, y1 - y0)
+            assert_carried(picture)
+            written.add(Path(path).relative_to(crops).as_posix())
+    # a.jpg is in two inputs: a hash of each one's condition and options keeps their names apart
+    stems = {n.rsplit("_crop", 1)[0] for n in written}
+    assert stems == {
+        f"img/a_{condition_digest('a woman', None, 3, '1:1')}",
+        f"img/a_{condition_digest('a cat', None, 2, '16:9')}",
+        "img/b",
+    }
+    assert {p.relative_to(crops).as_posix() for p in crops.rglob("*") if p.is_file()} == written
+
+    # re-run: nothing to do; a new job into the same folder is refused before anything runs
+    assert run_batch(config).skipped == 6
+    fresh = tmp_path / "r2.jsonl"
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run_batch(BatchConfig(**{**config.__dict__, "out": str(fresh)}))
+    assert not fresh.exists()
+    # asked to: replaced, and without the EXIF
+    stripped = BatchConfig(
+        **{**config.__dict__, "out": str(fresh), "overwrite": True, "strip_metadata": True}
+    )
+    assert run_batch(stripped).done == 3
+    for d in read_results(fresh):
+        for path in d.get("crop_files", []):
+            assert_carried(Image.open(path), exif=False)
+
+
+def test_batch_cli_crop_flags_are_checked_before_ray(tiny_clipcrop_dir, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sample_photo("coffee.png"), photos / "c.png")
+    (tmp_path / "crops").mkdir()
+    (tmp_path / "crops" / "c_crop1.jpg").write_bytes(b"precious")
+    base = [sys.executable, "-m", "clipcrop.cli", "batch", str(photos), "--out", str(tmp_path / "r.jsonl")]
+    base += ["--model", str(tiny_clipcrop_dir)]
+    for extra, needle in [
+        (["--crops-out", str(tmp_path / "crops"), "--top-k", "2"], "c_crop1.jpg already exists"),
+        (["--strip-metadata"], "--strip-metadata needs --crops-out DIR"),
+        (["--top-k", "13"], "top_k must be between 1 and 12"),
+        (["--aspect", "0:1"], "aspect"),
+    ]:
+        r = subprocess.run(base + extra, capture_output=True, text=True, env=cli_env(), timeout=120)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert r.stderr.startswith("clipcrop: error:") and needle in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "crops" / "c_crop1.jpg").read_bytes() == b"precious"
+    assert not (tmp_path / "r.jsonl").exists()

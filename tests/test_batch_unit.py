@@ -95,7 +95,7 @@ def test_torn_last_line_is_cut_away(tmp_path):
     state = repair_results(results)
     assert state.torn_bytes == len(torn) and state.dropped_lines == 0
     assert results.read_bytes() == b"".join(json.dumps(o).encode() + b"\n" for o in good)
-    assert state.done == {("a.png", "a cat", None), ("b.png", "a cat", None)}
+    assert state.done == {("a.png", "a cat", None, 5, None), ("b.png", "a cat", None, 5, None)}
     # appending after the repair gives a file of whole valid lines
     with ResultsWriter(results) as w:
         w.append([ok_line("c.png")])
@@ -112,7 +112,7 @@ def test_line_missing_only_its_newline_is_kept(tmp_path):
     state = repair_results(results)
     assert state.completed_tail and state.torn_bytes == 0
     assert results.read_text().endswith("\n") and len(results.read_text().splitlines()) == 2
-    assert ("b.png", "a cat", None) in state.done
+    assert ("b.png", "a cat", None, 5, None) in state.done
 
 
 def test_invalid_complete_lines_are_dropped_atomically(tmp_path):
@@ -151,10 +151,10 @@ def test_resume_plan_skips_done_and_failed_inputs(tmp_path):
     assert plan.duplicates == 1  # 1.png / a cat twice
     assert plan.skipped == 3 and plan.skipped_failed == 1
     assert [it.key for it in plan.pending] == [
-        ("1.png", "a cat", None),
-        ("3.png", "a cat", None),  # its torn line does not count
-        ("4.png", "a cat", None),
-        ("0.png", "a dog", None),  # same image, another query: another input
+        ("1.png", "a cat", None, 5, None),
+        ("3.png", "a cat", None, 5, None),  # its torn line does not count
+        ("4.png", "a cat", None, 5, None),
+        ("0.png", "a dog", None, 5, None),  # same image, another query: another input
     ]
     assert plan.state.torn_bytes > 0
 
@@ -241,3 +241,122 @@ def test_pid_alive_sees_dead_and_zombie_drivers():
     assert not _pid_alive(p.pid)
     p.wait()
     assert not _pid_alive(p.pid)
+
+
+# ---------------------------------------------------------------------------------- crop options
+def test_manifest_lines_override_the_job_options_and_bad_ones_are_their_errors(tmp_path):
+    from clipcrop.batch import ItemDefaults
+
+    manifest = tmp_path / "jobs.jsonl"
+    rows = [
+        {"image": "a.jpg"},  # the job's defaults
+        {"image": "a.jpg", "top_k": 2, "aspect": "1:1"},  # its own: another input
+        {
+            "image": "b.jpg",
+            "query": "a dog",
+            "aspect": "free",
+            "top_k": None,
+        },  # "free" overrides; null = default
+        {"image": "c.jpg", "top_k": 0},
+        {"image": "c.jpg", "top_k": "3"},
+        {"image": "c.jpg", "top_k": True},
+        {"image": "c.jpg", "top_k": 13},  # above the model's 12
+        {"image": "c.jpg", "aspect": "0:1"},
+        {"image": "c.jpg", "aspect": [1, 1]},
+        {"image": "c.jpg", "topk": 3},  # a typo: never silently ignored
+        {"image": "c.jpg", "query": "x", "crop": True},
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    defaults = ItemDefaults(top_k=4, aspect="16:9", max_top_k=12)
+    items = read_manifest(manifest, "a cat", LIMITS, defaults)
+    assert len(items) == len(rows)
+    job, own, free, *bad = items
+    assert (job.query, job.top_k, job.aspect, job.error) == ("a cat", 4, "16:9", None)
+    assert (own.top_k, own.aspect, own.error) == (2, "1:1", None) and own.key != job.key
+    assert (free.query, free.top_k, free.aspect, free.error) == ("a dog", 4, "free", None)
+    messages = [it.error for it in bad]
+    assert all(m and m.startswith(f"{manifest}:") for m in messages), messages
+    for message, needle in zip(
+        messages,
+        [
+            "at least 1, got 0",
+            'got "3"',
+            "got true",
+            "between 1 and 12, got 13",
+            "positive",
+            "got [1, 1]",
+            'unknown key "topk"',
+            'unknown key "crop"',
+        ],
+        strict=True,
+    ):
+        assert needle in message, (needle, message)
+    # an error line keeps the values as given, so a re-run finds it done
+    lines = [it.error_line() for it in bad]
+    assert [(d["top_k"], d["aspect"]) for d in lines[:3]] == [(0, "16:9"), ("3", "16:9"), (True, "16:9")]
+    results = tmp_path / "r.jsonl"
+    write_lines(results, lines)
+    assert plan_batch(bad, results).pending == []
+
+
+def test_folder_items_get_the_job_options_and_image_query(tmp_path):
+    from clipcrop.batch import ItemDefaults
+
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (item,) = collect_items(
+        tmp_path, None, LIMITS, ItemDefaults(image_query="ref.png", top_k=3, aspect="4:3")
+    )
+    assert (item.query, item.image_query, item.top_k, item.aspect) == (None, "ref.png", 3, "4:3")
+
+
+def test_results_remember_the_options_and_old_lines_mean_the_old_defaults(tmp_path):
+    results = tmp_path / "r.jsonl"
+    write_lines(results, [ok_line("a.png"), ok_line("b.png", top_k=2, aspect="1:1")])
+    items = [
+        BatchItem("a.png", "a cat"),  # an old line (no top_k, no aspect): 5 crops, any ratio
+        BatchItem("a.png", "a cat", top_k=2),
+        BatchItem("b.png", "a cat", top_k=2, aspect="1:1"),
+        BatchItem("b.png", "a cat", top_k=2, aspect="3:2"),
+    ]
+    plan = plan_batch(items, results)
+    assert [(it.image, it.top_k, it.aspect) for it in plan.pending] == [
+        ("a.png", 2, None),
+        ("b.png", 2, "3:2"),
+    ]
+
+
+def test_crop_names_for_a_manifest_never_collide(tmp_path):
+    from clipcrop.batch_outputs import condition_digest, existing_targets, plan_stems
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    items = [
+        BatchItem(str(tmp_path / "a" / "x.jpg"), "a cat"),
+        BatchItem(str(tmp_path / "b" / "x.jpg"), "a cat"),
+        BatchItem(str(tmp_path / "b" / "x.jpg"), "a dog", top_k=2),  # same photo, another input
+        BatchItem(str(tmp_path / "b" / "x.jpg"), "a dog", top_k=2),  # the same input again: same names
+        BatchItem("/elsewhere/y.png", "a cat"),
+        BatchItem(str(tmp_path / "bad.jpg"), error="broken"),
+    ]
+    stems = plan_stems(items, str(manifest))
+    dog = condition_digest("a dog", None, 2, None)
+    cat = condition_digest("a cat", None, 5, None)
+    assert len(stems) == 4  # one per input, none for the failed one
+    names = [stems[it.key].as_posix() for it in items[:5]]
+    assert names[1].endswith(f"b/x_{cat}") and names[2].endswith(f"b/x_{dog}") and names[2] == names[3]
+    assert names[0].endswith("a/x") and names[4].endswith("elsewhere/y")
+    assert len({n.casefold() for n in names[:3] + names[4:]}) == 4
+    out = tmp_path / "crops"
+    (out / Path(names[2]).parent).mkdir(parents=True)
+    (out / f"{names[2]}_crop2.jpg").write_bytes(b"x")
+    (out / f"{names[2]}_crop3.jpg").write_bytes(b"x")  # beyond that input's top_k: not its picture
+    assert existing_targets(items, stems, str(out)) == [out / f"{names[2]}_crop2.jpg"] * 2
+
+
+def test_manifest_inside_folder_names_follow_the_manifest(tmp_path):
+    from clipcrop.batch_outputs import plan_stems
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    items = [BatchItem(str(tmp_path / "img" / "a.jpg")), BatchItem(str(tmp_path / "b.jpg"))]
+    assert [s.as_posix() for s in plan_stems(items, str(manifest)).values()] == ["img/a", "b"]

@@ -6,19 +6,26 @@ JSON line per input to a results file; ``clipcrop batch`` is its command line.
 Inputs
     A folder (searched recursively for images, sorted, as ``clipcrop crop`` does), a single image,
     or a JSONL manifest with one object per line: ``{"image": PATH, "query": TEXT}`` or
-    ``{"image": PATH, "image_query": PATH}`` (or neither: un-conditioned). Relative paths in a
-    manifest are relative to the manifest's folder. ``BatchConfig.query`` applies to every input
-    that has no condition of its own.
+    ``{"image": PATH, "image_query": PATH}`` (or neither: un-conditioned), optionally with
+    ``"top_k": N`` and ``"aspect": "W:H"``; any other key, or a bad value, is that line's error
+    (an error line in the results), never ignored. Relative paths in a manifest are relative to the
+    manifest's folder. ``BatchConfig.query`` (or ``image_query``) applies to every input that has
+    no condition of its own, ``BatchConfig.top_k`` and ``aspect_ratio`` to every input that does
+    not set them.
 
 Results
     One line per input, the object ``clipcrop crop --json`` prints (``CropResult.to_dict()``); an
-    input that fails gets ``"error": MESSAGE`` and ``"crops": []`` and the job goes on. Lines are
+    input that fails gets ``"error": MESSAGE`` and ``"crops": []`` and the job goes on. Every
+    line also records ``top_k`` and ``aspect``, and with ``crops_out`` the pictures written
+    (``"crop_files"``, see :mod:`clipcrop.batch_outputs`). Lines are
     written in *completion* order, not input order (sort by ``image`` if order matters); every
     input appears exactly once.
 
 Exactly once, resumable
-    An input is identified by ``(image, query, image_query)`` as they appear in its result line
-    (query after the same cleaning the predictor applies). At start the results file is read: a
+    An input is identified by ``(image, query, image_query, top_k, aspect)`` as they appear in its
+    result line (query after the same cleaning the predictor applies; a line without ``top_k`` or
+    ``aspect``, from an older version, has 5 and null), so a new ``--top-k`` or ``--aspect``
+    makes new inputs. At start the results file is read: a
     torn last line left by a kill is cut away (or completed, when only its newline is missing),
     and every input that already has a line, success or error, is skipped (so a failed input is
     not retried; delete its line to retry it). Only the rest goes to Ray, in input order. Results
@@ -58,15 +65,21 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .atomic_files import FILE_MODE, fsync_dir, write_atomic
-from .errors import ClipCropError, ModelLoadError, ParameterError
+from .batch_outputs import existing_targets, plan_stems
+from .errors import ClipCropError, ModelLoadError, OutputExistsError, ParameterError
 from .limits import Limits
+from .output_names import crop_path
 from .validation import validate_query, validate_query_pair
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".json")
+#: the keys a manifest line may have; any other key is that line's error
+MANIFEST_KEYS = ("image", "query", "image_query", "top_k", "aspect")
+DEFAULT_TOP_K = 5
 TRACE_ENV = "CLIPCROP_BATCH_TRACE"
 #: smallest Ray block (rows): the unit of checkpointing, so at most a few blocks are redone after a kill
 MIN_BLOCK_ROWS = 4
@@ -80,56 +93,176 @@ _FORWARDED_ENV_PREFIXES = ("CLIPCROP_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
 # ---------------------------------------------------------------------------------------- inputs
 @dataclass(frozen=True)
 class BatchItem:
-    """One input: an image and its condition; ``error`` when it is known to fail before any work."""
+    """One input: an image, its condition and crop options; ``error`` when it is known to fail
+    before any work. ``top_k`` and ``aspect`` hold the values as given (a bad one stays, for the
+    error line), normally an int and a ``W:H`` string or None."""
 
     image: str
     query: str | None = None
     image_query: str | None = None
     error: str | None = None
+    top_k: Any = DEFAULT_TOP_K
+    aspect: Any = None
 
     @property
-    def key(self) -> tuple[str, str | None, str | None]:
-        return (self.image, self.query, self.image_query)
+    def key(self) -> tuple:
+        return item_key(self.image, self.query, self.image_query, self.top_k, self.aspect)
 
     def error_line(self, message: str | None = None) -> dict:
         """The result object of a failed input (same shape as ``clipcrop crop --json``)."""
-        return error_result(self.image, self.query, self.image_query, message or self.error or "failed")
+        return error_result(
+            self.image,
+            self.query,
+            self.image_query,
+            message or self.error or "failed",
+            self.top_k,
+            self.aspect,
+        )
 
 
-def error_result(image: str, query: str | None, image_query: str | None, message: str) -> dict:
+def error_result(
+    image: str,
+    query: str | None,
+    image_query: str | None,
+    message: str,
+    top_k: Any = DEFAULT_TOP_K,
+    aspect: Any = None,
+) -> dict:
     out = {"image": image, "width": None, "height": None, "query": query, "crops": [], "error": message}
     if image_query is not None:
         out["image_query"] = image_query
+    out.update(top_k=top_k, aspect=aspect)
     return out
 
 
-def result_key(obj: dict) -> tuple[str, str | None, str | None]:
-    """The identity of a result line: (image, query, image_query)."""
-    return (obj["image"], obj.get("query"), obj.get("image_query"))
+def _hashable(value: Any) -> Any:
+    """A manifest value usable in a key (a bad ``top_k`` may be a list or an object)."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, list | dict) else value
+
+
+def item_key(
+    image: str, query: Any, image_query: Any, top_k: Any = DEFAULT_TOP_K, aspect: Any = None
+) -> tuple:
+    """The identity of an input: (image, query, image_query, top_k, aspect)."""
+    return (image, _hashable(query), _hashable(image_query), _hashable(top_k), _hashable(aspect))
+
+
+def result_key(obj: dict) -> tuple:
+    """The identity of a result line; lines written before ``top_k``/``aspect`` were recorded had
+    the defaults then fixed (5 crops, any aspect ratio)."""
+    return item_key(
+        obj["image"],
+        obj.get("query"),
+        obj.get("image_query"),
+        obj.get("top_k", DEFAULT_TOP_K),
+        obj.get("aspect"),
+    )
+
+
+@dataclass(frozen=True)
+class ItemDefaults:
+    """What the job gives every input that does not set it itself (besides the text query).
+
+    Attributes:
+        image_query: reference image for inputs with neither ``query`` nor ``image_query``.
+        top_k, aspect: crops per image and their aspect ratio (``W:H`` or None: any).
+        max_top_k: the model's largest ``top_k`` when known before it loads (its ``config.json``);
+            None: checked by the workers, where a line asking for more gets that line's error.
+    """
+
+    image_query: str | None = None
+    top_k: int = DEFAULT_TOP_K
+    aspect: str | None = None
+    max_top_k: int | None = None
+
+
+def check_options(top_k: Any, aspect: Any, max_top_k: int | None = None) -> None:
+    """Raise ParameterError unless ``top_k`` is a whole number >= 1 (<= ``max_top_k`` when known)
+    and ``aspect`` is None, ``"free"``, ``"W:H"`` text or a positive number (width / height)."""
+    from .aspect import parse_aspect
+    from .validation import validate_top_k
+
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ParameterError(f"top_k must be a whole number of at least 1, got {json.dumps(top_k)[:40]}")
+    if max_top_k is not None:
+        validate_top_k(top_k, max_top_k)
+    if aspect is not None and (isinstance(aspect, bool) or not isinstance(aspect, str | int | float)):
+        raise ParameterError(f'aspect must be text such as "16:9" (or "free"), got {json.dumps(aspect)[:40]}')
+    parse_aspect(aspect)
 
 
 def make_item(
-    image: str, query: str | None, image_query: str | None, limits: Limits, error: str | None = None
+    image: str,
+    query: str | None,
+    image_query: str | None,
+    limits: Limits,
+    error: str | None = None,
+    top_k: Any = DEFAULT_TOP_K,
+    aspect: Any = None,
+    max_top_k: int | None = None,
 ) -> BatchItem:
-    """An item whose query is cleaned as the predictor will clean it (so keys match results)."""
+    """An item whose query is cleaned as the predictor will clean it (so keys match results), with
+    a bad query, condition or crop option as its error."""
     if error is None:
         try:
             validate_query_pair(query, image_query)
             query = validate_query(query, limits)
+            check_options(top_k, aspect, max_top_k)
         except ClipCropError as exc:
             error = f"{image}: {exc}"
             if not isinstance(query, str | type(None)):
                 query = str(query)
-    return BatchItem(image=image, query=query, image_query=image_query, error=error)
+    return BatchItem(
+        image=image, query=query, image_query=image_query, error=error, top_k=top_k, aspect=aspect
+    )
 
 
-def read_manifest(path: str | os.PathLike, default_query: str | None, limits: Limits) -> list[BatchItem]:
+def _manifest_item(
+    obj: Any, where: str, resolve: Any, default_query: str | None, limits: Limits, defaults: ItemDefaults
+) -> BatchItem:
+    """The item of one parsed manifest line (an error item for anything wrong in it)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not obj["image"]:
+        return BatchItem(image=where, error=f'{where}: each line needs "image": a path')
+    image = resolve(obj["image"])
+    unknown = [k for k in obj if k not in MANIFEST_KEYS]
+    if unknown:
+        return BatchItem(
+            image=image,
+            error=f"{where}: unknown key {json.dumps(unknown[0])[:60]} (a line may have: {', '.join(MANIFEST_KEYS)})",
+        )
+    query = obj.get("query")
+    image_query = obj.get("image_query")
+    if image_query is not None and not isinstance(image_query, str):
+        return BatchItem(image=image, error=f'{where}: "image_query" must be a path, not {image_query!r}')
+    if image_query is not None:
+        image_query = resolve(image_query)
+    if query is None and image_query is None:
+        query, image_query = default_query, defaults.image_query
+    top_k = obj["top_k"] if obj.get("top_k") is not None else defaults.top_k
+    aspect = obj["aspect"] if obj.get("aspect") is not None else defaults.aspect
+    item = make_item(image, query, image_query, limits, None, top_k, aspect, defaults.max_top_k)
+    if item.error is not None:  # name the line, as for the other line errors
+        item = BatchItem(
+            item.image, item.query, item.image_query, f"{where}: {item.error}", item.top_k, item.aspect
+        )
+    return item
+
+
+def read_manifest(
+    path: str | os.PathLike,
+    default_query: str | None,
+    limits: Limits,
+    defaults: ItemDefaults | None = None,
+) -> list[BatchItem]:
     """Items of a JSONL manifest; a malformed line becomes an item with an error (never dropped).
 
-    Each line: ``{"image": PATH, "query": TEXT | null, "image_query": PATH | null}``; relative
-    paths are relative to the manifest's folder; ``default_query`` applies to lines with neither
-    ``query`` nor ``image_query``. Blank lines are ignored.
+    Each line: ``{"image": PATH, "query": TEXT | null, "image_query": PATH | null, "top_k": N,
+    "aspect": "W:H"}``, everything but ``image`` optional; relative paths are relative to the
+    manifest's folder; ``default_query`` (or ``defaults.image_query``) applies to lines with
+    neither ``query`` nor ``image_query``, ``defaults.top_k``/``aspect`` to lines without (or with
+    null). An unknown key or a bad value is that line's error. Blank lines are ignored.
     """
+    defaults = defaults or ItemDefaults()
     path = Path(path)
     base = path.parent
     try:
@@ -150,35 +283,30 @@ def read_manifest(path: str | os.PathLike, default_query: str | None, limits: Li
         except ValueError as exc:
             items.append(BatchItem(image=where, error=f"{where}: not valid JSON ({exc})"))
             continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not obj["image"]:
-            items.append(BatchItem(image=where, error=f'{where}: each line needs "image": a path'))
-            continue
-        image = resolve(obj["image"])
-        query = obj.get("query")
-        image_query = obj.get("image_query")
-        if image_query is not None and not isinstance(image_query, str):
-            items.append(
-                BatchItem(image=image, error=f'{where}: "image_query" must be a path, not {image_query!r}')
-            )
-            continue
-        if image_query is not None:
-            image_query = resolve(image_query)
-        if query is None and image_query is None:
-            query = default_query
-        items.append(make_item(image, query, image_query, limits))
+        items.append(_manifest_item(obj, where, resolve, default_query, limits, defaults))
     return items
 
 
-def collect_items(source: str | os.PathLike, default_query: str | None, limits: Limits) -> list[BatchItem]:
+def collect_items(
+    source: str | os.PathLike,
+    default_query: str | None,
+    limits: Limits,
+    defaults: ItemDefaults | None = None,
+) -> list[BatchItem]:
     """Items of a folder (recursive, images only, sorted), a manifest or a single image."""
     from .imageio import is_image_path
     from .inputs import expand_inputs
 
+    d = defaults or ItemDefaults()
     p = Path(source)
     if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
-        return read_manifest(p, default_query, limits)
+        return read_manifest(p, default_query, limits, d)
     if p.is_dir() or (p.is_file() and is_image_path(p)):
-        return [make_item(it.path, default_query, None, limits, it.error) for it in expand_inputs([str(p)])]
+        query, image_query = (None, d.image_query) if d.image_query is not None else (default_query, None)
+        return [
+            make_item(it.path, query, image_query, limits, it.error, d.top_k, d.aspect, d.max_top_k)
+            for it in expand_inputs([str(p)])
+        ]
     if p.exists():
         raise ParameterError(
             f"{source}: not a folder, a JSONL manifest ({', '.join(MANIFEST_SUFFIXES)}) or an image"
@@ -337,7 +465,15 @@ class BatchConfig:
         model, device, precision, quantize: as :meth:`ClipCrop.from_pretrained` (device ``auto``
             uses a GPU when the worker has one).
         max_megapixels: largest image accepted (default from ``Limits``/environment).
-        top_k, aspect_ratio: as :meth:`ClipCrop.crop`.
+        image_query: reference image for every input that has no condition of its own (instead
+            of ``query``).
+        top_k, aspect_ratio: as :meth:`ClipCrop.crop`, for every input that does not set its own
+            (manifest keys ``top_k`` and ``aspect``).
+        crops_out: folder to write each input's crops to (``<path>_crop<k>.jpg``, see
+            :mod:`clipcrop.batch_outputs`); None writes results only.
+        overwrite: replace pictures that exist in ``crops_out`` (otherwise a new job refuses them
+            before Ray starts; a resumed job replaces the ones its interrupted run left).
+        strip_metadata, strip_icc: write crops without the source's EXIF / ICC profile.
         ray_address: None for a local embedded Ray; ``"auto"`` or ``HOST:PORT`` for a cluster.
         num_workers: model actors (default: one per GPU when GPUs are used, else 1).
         batch_size: images per backbone call and per Ray batch.
@@ -354,8 +490,13 @@ class BatchConfig:
     precision: str = "fp32"
     quantize: str | None = None
     max_megapixels: float | None = None
-    top_k: int = 5
+    top_k: int = DEFAULT_TOP_K
     aspect_ratio: str | None = None
+    image_query: str | None = None
+    crops_out: str | None = None
+    overwrite: bool = False
+    strip_metadata: bool = False
+    strip_icc: bool = False
     ray_address: str | None = None
     num_workers: int | None = None
     batch_size: int = 1
@@ -416,9 +557,12 @@ class BatchSummary:
 class CropWorker:
     """Ray Data callable class: loads the model once, crops a batch of items into result lines.
 
-    Rows carry ``item`` (JSON ``[image, query, image_query]``); the output rows carry ``key``
-    (the same JSON), ``line`` (the result object as JSON) and ``failed``. Nothing raised for one
-    input escapes: it becomes that input's error line.
+    Rows carry ``item`` (JSON ``[image, query, image_query, top_k, aspect]``; the last two may be
+    left out, then the worker's ``top_k``/``aspect_ratio`` apply), optionally ``paths`` (files to
+    open) and ``crops`` (JSON: the absolute ``DIR/<path>`` to write ``_crop<k>.jpg`` pictures to,
+    or null); the output rows carry ``key`` (the same JSON), ``line`` (the result object as JSON)
+    and ``failed``. Nothing raised for one input escapes: it becomes that input's error line.
+    ``pictures``: ``strip_metadata``, ``strip_icc``, ``overwrite`` for the crops written.
     """
 
     def __init__(
@@ -433,6 +577,7 @@ class CropWorker:
         num_threads: int | None = None,
         env: dict[str, str] | None = None,
         driver_pid: int | None = None,
+        pictures: dict | None = None,
     ) -> None:
         for k, v in (env or {}).items():
             os.environ.setdefault(k, v)
@@ -452,6 +597,7 @@ class CropWorker:
         )
         self.top_k = top_k
         self.aspect_ratio = aspect_ratio
+        self.pictures = dict(pictures or {})
         self._conditions: OrderedDict = OrderedDict()
         self._trace = os.environ.get(TRACE_ENV)
         self._driver_pid = driver_pid
@@ -475,25 +621,28 @@ class CropWorker:
 
     def crop_items(
         self,
-        items: Sequence[tuple[str, str | None, str | None]],
+        items: Sequence[Sequence[Any]],
         paths: Sequence[tuple[str, str | None]] | None = None,
+        crops: Sequence[str | None] | None = None,
     ) -> list[dict]:
-        """Result objects for ``(image, query, image_query)`` items, in order.
+        """Result objects for ``(image, query, image_query[, top_k, aspect])`` items, in order.
 
         ``paths`` optionally gives the files to open, ``(image, image_query)`` per item (absolute
         paths, for workers whose working folder is not the driver's); results keep the names.
+        ``crops`` optionally gives per item where to write its crop pictures (see the class).
         """
         from .imageio import load_image
 
+        full = [(*it, self.top_k, self.aspect_ratio)[:5] for it in items]
         results: list[dict | None] = [None] * len(items)
         ready = []  # (index, loaded image, condition)
-        for i, (image, query, image_query) in enumerate(items):
+        for i, (image, query, image_query, top_k, aspect) in enumerate(full):
             image_path, image_query_path = paths[i] if paths is not None else (image, image_query)
             try:
                 cond = self._condition(query, image_query, image_query_path)
                 ready.append((i, load_image(image_path, self.cc.limits, name=image), cond))
             except Exception as exc:  # noqa: BLE001 - one input never kills the job
-                results[i] = error_result(image, query, image_query, _message(image, exc))
+                results[i] = error_result(image, query, image_query, _message(image, exc), top_k, aspect)
         encoded = None
         if len(ready) > 1:
             try:
@@ -501,21 +650,37 @@ class CropWorker:
             except Exception:  # noqa: BLE001 - retry one by one to isolate the failing input
                 encoded = None
         for n, (i, li, cond) in enumerate(ready):
-            image, query, image_query = items[i]
+            image, query, image_query, top_k, aspect = full[i]
             try:
                 enc = encoded[n] if encoded is not None else self.cc.encode_batch([li])[0]
-                res = self.cc.crop_encoded(enc, cond, top_k=self.top_k, aspect_ratio=self.aspect_ratio)
-                results[i] = res.to_dict()
+                res = self.cc.crop_encoded(enc, cond, top_k=top_k, aspect_ratio=aspect)
+                if crops is not None and crops[i]:
+                    self._write(li, res, paths[i][0] if paths is not None else image, crops[i])
+                results[i] = {**res.to_dict(), "top_k": top_k, "aspect": aspect}
             except Exception as exc:  # noqa: BLE001
-                results[i] = error_result(image, query, image_query, _message(image, exc))
-        if self._trace:
-            try:
-                with open(self._trace, "a", encoding="utf-8") as fh:
-                    stamp = [os.getpid(), round(time.time(), 3)]
-                    fh.write("".join(json.dumps([*it, *stamp]) + "\n" for it in items))
-            except OSError as exc:  # a debugging aid never fails the job
-                logger.warning("%s: cannot append the trace (%s)", self._trace, exc)
+                results[i] = error_result(image, query, image_query, _message(image, exc), top_k, aspect)
+        self._append_trace(items)
         return [r for r in results if r is not None]
+
+    def _write(self, loaded: Any, result: Any, image_path: str, base: str) -> None:
+        """Write the crops of one input at full resolution (decoded again when it was reduced)."""
+        from .batch_outputs import write_crops
+        from .imageio import load_image
+
+        full = loaded
+        if loaded.image.size != (loaded.width, loaded.height):
+            full = load_image(image_path, self.cc.limits, reduce=False, name=loaded.name)
+        write_crops(full, result, base, self.pictures)
+
+    def _append_trace(self, items: Sequence[Sequence[Any]]) -> None:
+        if not self._trace:
+            return
+        try:
+            with open(self._trace, "a", encoding="utf-8") as fh:
+                stamp = [os.getpid(), round(time.time(), 3)]
+                fh.write("".join(json.dumps([*it[:3], *stamp]) + "\n" for it in items))
+        except OSError as exc:  # a debugging aid never fails the job
+            logger.warning("%s: cannot append the trace (%s)", self._trace, exc)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -528,7 +693,8 @@ class CropWorker:
         keys = [str(s) for s in batch["item"]]
         items = [tuple(json.loads(k)) for k in keys]
         paths = [tuple(json.loads(str(p))) for p in batch["paths"]] if "paths" in batch else None
-        results = self.crop_items(items, paths)  # type: ignore[arg-type]
+        crops = [json.loads(str(c)) for c in batch["crops"]] if "crops" in batch else None
+        results = self.crop_items(items, paths, crops)  # type: ignore[arg-type]
         return {
             "key": np.array(keys, dtype=object),
             "line": np.array([json.dumps(r, ensure_ascii=False) for r in results], dtype=object),
@@ -572,17 +738,24 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     if config.num_workers is not None and config.num_workers < 1:
         raise ParameterError("--num-workers must be at least 1")
     limits = Limits.from_env(max_pixels=int(config.max_megapixels * 1e6) if config.max_megapixels else None)
-    validate_query(config.query, limits)
     out = Path(config.out)
     if out.is_dir():
         raise ParameterError(f"--out {out}: is a folder; give the results file (JSONL)")
-    items = collect_items(config.input, config.query, limits)
     if config.ray_address is None:
         _check_local_model(config.model)
+    items = _job_items(config, limits)
+    fresh = not out.exists() or out.stat().st_size == 0  # a new job, not a resumed one
+    stems = _crop_stems(config, items, fresh)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock_results(out)  # one job per results file, or lines could be written twice
     try:
         plan = plan_batch(items, out)
+        if stems and not fresh and not config.overwrite:
+            left = existing_targets(plan.pending, stems, config.crops_out or "")
+            if left:
+                logger.warning(
+                    "replacing %d picture(s) left in %s by the interrupted run", len(left), config.crops_out
+                )
         if plan.state.dropped_lines:  # the repair replaced the file: hold the lock on the new one
             lock, old = _lock_results(out), lock
             os.close(old)
@@ -606,11 +779,61 @@ def run_batch(config: BatchConfig) -> BatchSummary:
             summary.failed += len(known)
             todo = [it for it in plan.pending if it.error is None]
             if todo:
-                _run_on_ray(config, limits, todo, writer, summary)
+                _run_on_ray(
+                    config, limits, todo, writer, summary, stems, replace=config.overwrite or not fresh
+                )
     finally:
         os.close(lock)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _job_items(config: BatchConfig, limits: Limits) -> list[BatchItem]:
+    """The job's inputs, every job-wide setting checked first (ParameterError before Ray starts)."""
+    validate_query_pair(config.query, config.image_query)
+    validate_query(config.query, limits)
+    if config.image_query is not None and not Path(config.image_query).is_file():
+        raise ParameterError(f"--image-query {config.image_query}: no such file")
+    if (config.strip_metadata or config.strip_icc) and not config.crops_out:
+        raise ParameterError(
+            "--strip-metadata and --strip-icc need --crops-out DIR, the folder crops are written to"
+        )
+    if config.crops_out and Path(config.crops_out).exists() and not Path(config.crops_out).is_dir():
+        raise ParameterError(f"--crops-out {config.crops_out}: is a file; give the folder to write crops to")
+    max_k = _known_max_top_k(config, limits)
+    check_options(config.top_k, config.aspect_ratio, max_k)
+    defaults = ItemDefaults(config.image_query, config.top_k, config.aspect_ratio, max_k)
+    return collect_items(config.input, config.query, limits, defaults)
+
+
+def _known_max_top_k(config: BatchConfig, limits: Limits) -> int | None:
+    """The model's largest ``top_k`` if its ``config.json`` can be read here, else None."""
+    from .model_source import looks_local, max_top_k, model_config, model_name
+
+    name = model_name(config.model)
+    if config.ray_address is not None and looks_local(name) and not Path(name).expanduser().exists():
+        return None  # a folder on the cluster's machines
+    try:
+        found = model_config(name)
+    except ClipCropError:
+        return None  # reported when the model loads
+    return max_top_k(found, limits) if found is not None else None
+
+
+def _crop_stems(config: BatchConfig, items: list[BatchItem], fresh: bool) -> dict:
+    """Names of the crop pictures (none without ``crops_out``); a new job refuses pictures that
+    exist unless ``overwrite``, before anything is written."""
+    if not config.crops_out:
+        return {}
+    stems = plan_stems(items, config.input)
+    if fresh and not config.overwrite:
+        found = existing_targets(items, stems, config.crops_out)
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise OutputExistsError(
+                f"{found[0]} already exists{more}; pass --overwrite to replace, or choose another --crops-out"
+            )
+    return stems
 
 
 def _lock_results(path: Path) -> int:
@@ -634,7 +857,14 @@ def _lock_results(path: Path) -> int:
 
 
 def _run_on_ray(
-    config: BatchConfig, limits: Limits, todo: list[BatchItem], writer: ResultsWriter, summary: BatchSummary
+    config: BatchConfig,
+    limits: Limits,
+    todo: list[BatchItem],
+    writer: ResultsWriter,
+    summary: BatchSummary,
+    stems: dict | None = None,
+    *,
+    replace: bool = False,
 ) -> None:
     import ray
 
@@ -669,17 +899,7 @@ def _run_on_ray(
         # torch threads: the local machine's cores split between the workers (Ray would give one each)
         threads = max(1, int((os.cpu_count() or 1) // workers)) if local else None
         env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV_PREFIXES)}
-        # names stay as given (they are the results' keys); workers open absolute paths, since
-        # their working folder is not the driver's on a cluster
-        rows = [
-            {
-                "item": json.dumps([it.image, it.query, it.image_query]),
-                "paths": json.dumps(
-                    [os.path.abspath(it.image), os.path.abspath(it.image_query) if it.image_query else None]
-                ),
-            }
-            for it in todo
-        ]
+        rows = _rows(todo, config.crops_out, stems or {})
         # small blocks: results come back (and are checkpointed) every few images; at least
         # MIN_BLOCK_ROWS rows each, since every block costs a Ray task (tens of ms), and at most
         # about 2000 blocks in all
@@ -700,6 +920,11 @@ def _run_on_ray(
                 "num_threads": threads,
                 "env": env,
                 "driver_pid": os.getpid() if local else None,
+                "pictures": {
+                    "strip_metadata": config.strip_metadata,
+                    "strip_icc": config.strip_icc,
+                    "overwrite": replace,
+                },
             },
             batch_size=config.batch_size,
             batch_format="numpy",
@@ -715,22 +940,28 @@ def _run_on_ray(
             cpus_per_actor,
             f", {remote['num_gpus']} GPU" if use_gpu else "",
         )
-        wanted = {(it.image, it.query, it.image_query) for it in todo}
+        wanted = {it.key for it in todo}
         written: set = set()
         t_first = None
         try:
             for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
                 objects = []
                 for key, line, failed in zip(block["key"], block["line"], block["failed"], strict=True):
-                    k = tuple(json.loads(str(key)))
+                    fields = json.loads(str(key))
+                    k = item_key(*fields)
                     if k in written or k not in wanted:
                         continue
                     written.add(k)
                     obj = json.loads(str(line))
                     if result_key(obj) != k:  # resume reads the key back from the line: keep it exact
-                        obj.update(image=k[0], query=k[1])
-                        if k[2] is not None:
-                            obj["image_query"] = k[2]
+                        obj.update(image=fields[0], query=fields[1], top_k=fields[3], aspect=fields[4])
+                        if fields[2] is not None:
+                            obj["image_query"] = fields[2]
+                    if stems and not failed:
+                        n = len(obj["crops"])
+                        obj["crop_files"] = [
+                            str(crop_path(config.crops_out, stems[k], i)) for i in range(1, n + 1)
+                        ]
                     objects.append(obj)
                     if failed:
                         summary.failed += 1
@@ -750,6 +981,26 @@ def _run_on_ray(
     finally:
         if owned:
             ray.shutdown()
+
+
+def _rows(todo: list[BatchItem], crops_out: str | None, stems: dict) -> list[dict]:
+    """Ray rows: names stay as given (they are the results' keys); workers open absolute paths,
+    since their working folder is not the driver's on a cluster, and write crops to absolute ones."""
+    rows = []
+    for it in todo:
+        row = {
+            "item": json.dumps([it.image, it.query, it.image_query, it.top_k, it.aspect]),
+            "paths": json.dumps(
+                [os.path.abspath(it.image), os.path.abspath(it.image_query) if it.image_query else None]
+            ),
+        }
+        if crops_out:
+            stem = stems.get(it.key)
+            row["crops"] = json.dumps(
+                os.path.abspath(os.path.join(crops_out, stem)) if stem is not None else None
+            )
+        rows.append(row)
+    return rows
 
 
 def _init_ray(config: BatchConfig) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli_crop import add_model_arguments
+from .cli_crop import add_metadata_arguments, add_model_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,12 +26,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "input",
         metavar="INPUT",
         help='folder (recursive) or JSONL manifest of {"image": PATH, "query": TEXT} or '
-        '{"image": PATH, "image_query": PATH}; manifest paths are relative to its folder',
+        '{"image": PATH, "image_query": PATH}, each optionally with "top_k": N and "aspect": "W:H"; '
+        "manifest paths are relative to its folder",
     )
     p.add_argument(
         "--out", "-o", required=True, metavar="RESULTS.jsonl", help="results file, appended to and resumed"
     )
-    p.add_argument("--query", "-q", help="text query for every input that has none")
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument("--query", "-q", help="text query for every input that has no condition of its own")
+    cond.add_argument(
+        "--image-query",
+        metavar="PATH",
+        help="reference image for every input that has no condition of its own",
+    )
+    p.add_argument(
+        "--top-k", "-k", type=int, default=5, metavar="N", help="crops per input that sets none (default 5)"
+    )
+    p.add_argument("--aspect", metavar="W:H", help="aspect ratio of the crops of every input that sets none")
+    p.add_argument(
+        "--crops-out",
+        metavar="DIR",
+        help="also write each input's crops as DIR/<path>_crop<k>.jpg (as crop --out; listed in crop_files)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace pictures that exist in --crops-out (default: a new job refuses them before starting)",
+    )
+    add_metadata_arguments(p)
     add_model_arguments(p)
     for action in p._actions:  # a batch job uses a GPU whenever Ray gives its workers one
         if action.dest == "device":
@@ -63,15 +85,26 @@ def check(args: argparse.Namespace) -> None:
         raise ParameterError(f"--num-workers must be at least 1, got {args.num_workers}")
     if Path(args.out).is_dir():
         raise ParameterError(f"--out {args.out}: is a folder; give the results file (JSONL)")
+    if (args.strip_metadata or args.strip_icc) and not args.crops_out:
+        flag = "--strip-metadata" if args.strip_metadata else "--strip-icc"
+        raise ParameterError(f"{flag} needs --crops-out DIR, the folder crops are written to")
 
 
 def run(args: argparse.Namespace) -> int:
     from .batch import BatchConfig, run_batch
+    from .errors import OutputExistsError
 
     config = BatchConfig(
         input=args.input,
         out=args.out,
         query=args.query,
+        image_query=args.image_query,
+        top_k=args.top_k,
+        aspect_ratio=args.aspect,
+        crops_out=args.crops_out,
+        overwrite=args.overwrite,
+        strip_metadata=args.strip_metadata,
+        strip_icc=args.strip_icc,
         model=args.model,
         device=args.device,
         precision=args.precision,
@@ -82,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         verbose=getattr(args, "verbose", 0),
     )
-    summary = run_batch(config)
+    try:
+        summary = run_batch(config)
+    except OutputExistsError as exc:  # found before anything ran: a usage error, like crop's
+        print(f"clipcrop: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     print(summary.line(), file=sys.stderr, flush=True)
     return summary.exit_code
