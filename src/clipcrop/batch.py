@@ -464,6 +464,8 @@ class BatchConfig:
         query: text query for every input that has no condition of its own.
         model, device, precision, quantize: as :meth:`ClipCrop.from_pretrained` (device ``auto``
             uses a GPU when the worker has one).
+        backbone: for a trained checkpoint, the OWL-ViT folder or Hub id to load instead of the
+            one it names (``backbone=`` of :meth:`ClipCrop.from_pretrained`).
         max_megapixels: largest image accepted (default from ``Limits``/environment).
         image_query: reference image for every input that has no condition of its own (instead
             of ``query``).
@@ -489,6 +491,7 @@ class BatchConfig:
     device: str = "auto"
     precision: str = "fp32"
     quantize: str | None = None
+    backbone: str | None = None
     max_megapixels: float | None = None
     top_k: int = DEFAULT_TOP_K
     aspect_ratio: str | None = None
@@ -578,6 +581,7 @@ class CropWorker:
         env: dict[str, str] | None = None,
         driver_pid: int | None = None,
         pictures: dict | None = None,
+        backbone: str | None = None,
     ) -> None:
         for k, v in (env or {}).items():
             os.environ.setdefault(k, v)
@@ -593,7 +597,7 @@ class CropWorker:
             # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU(s): the first visible one is ours
             device = "cuda" if torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         self.cc = ClipCrop.from_pretrained(
-            model, device=device, precision=precision, quantize=quantize, limits=limits
+            model, device=device, precision=precision, quantize=quantize, limits=limits, backbone=backbone
         )
         self.top_k = top_k
         self.aspect_ratio = aspect_ratio
@@ -911,6 +915,7 @@ def _run_on_ray(
             CropWorker,
             fn_constructor_kwargs={
                 "model": config.model,
+                "backbone": config.backbone,
                 "device": "cuda" if use_gpu else ("cpu" if config.device == "auto" else config.device),
                 "precision": config.precision,
                 "quantize": config.quantize,

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         strip_metadata=args.strip_metadata,
         strip_icc=args.strip_icc,
         model=args.model,
+        backbone=args.backbone,
         device=args.device,
         precision=args.precision,
         quantize=args.quantize,

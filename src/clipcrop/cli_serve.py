@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = (
         "environment: CLIPCROP_API_KEY (API key; preferred to --api-key, which other users can see\n"
         "in the process list), CLIPCROP_MAX_CONCURRENCY, CLIPCROP_MAX_QUEUE,\n"
-        "CLIPCROP_REQUEST_TIMEOUT_S, CLIPCROP_MAX_QUERY_CHARS, CLIPCROP_MODEL"
+        "CLIPCROP_REQUEST_TIMEOUT_S, CLIPCROP_MAX_QUERY_CHARS, CLIPCROP_MODEL, CLIPCROP_BACKBONE"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from .service import ENV_API_KEY, ENV_DEVICE, ENV_PRECISION, ENV_QUANTIZE
+    from .service import ENV_API_KEY, ENV_BACKBONE, ENV_DEVICE, ENV_PRECISION, ENV_QUANTIZE
 
     # flags were checked by cli_checks.check_arguments; every setting goes through the environment, so that worker processes see the same
     env = {
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         ENV_DEVICE: args.device,
         ENV_PRECISION: args.precision,
         ENV_QUANTIZE: args.quantize,
+        ENV_BACKBONE: args.backbone,
         ENV_API_KEY: args.api_key,
     }
     for name, value in env.items():

@@ -967,6 +967,8 @@ def create_app(
 ENV_DEVICE = "CLIPCROP_DEVICE"
 ENV_PRECISION = "CLIPCROP_PRECISION"
 ENV_QUANTIZE = "CLIPCROP_QUANTIZE"
+#: ``serve --backbone``: a trained checkpoint's backbone, instead of the one its config names
+ENV_BACKBONE = "CLIPCROP_BACKBONE"
 ENV_API_KEY = "CLIPCROP_API_KEY"
 
 
@@ -986,6 +988,7 @@ def app_from_env(on_load_error: Callable[[str], None] | None = None) -> FastAPI:
             device=os.environ.get(ENV_DEVICE, "cpu"),
             precision=os.environ.get(ENV_PRECISION, "fp32"),
             quantize=os.environ.get(ENV_QUANTIZE) or None,
+            backbone=os.environ.get(ENV_BACKBONE) or None,
             max_megapixels=None,  # CLIPCROP_MAX_MEGAPIXELS is read by Limits.from_env
         )
         return load_predictor(args)
