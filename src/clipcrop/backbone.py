@@ -197,8 +197,11 @@ class Backbone:
                 f"checkpoint (for example {DEFAULT_BACKBONE!r}) or a trained ClipCrop checkpoint"
             )
         model_cls = OwlViTForObjectDetection if config.model_type == "owlvit" else Owlv2ForObjectDetection
+        from .progress_bars import library_progress_off
+
         try:
-            model = model_cls.from_pretrained(name, dtype=dtype or torch.float32, **kwargs)
+            with library_progress_off():  # no "Loading weights" bar on a library caller's terminal
+                model = model_cls.from_pretrained(name, dtype=dtype or torch.float32, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
             processor = AutoImageProcessor.from_pretrained(name, **kwargs)
         except Exception as exc:  # noqa: BLE001

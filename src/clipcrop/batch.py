@@ -54,6 +54,7 @@ resume repeats.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -61,6 +62,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -897,7 +899,10 @@ def _run_on_ray(
         local = config.ray_address is None
         # a fraction of a CPU per actor, so that actors never starve Ray Data's own tasks
         cpus_per_actor = max(0.25, min(1.0, (cpus - 1.0) / workers)) if cpus > 1 else 0.5
-        remote: dict = {"num_cpus": cpus_per_actor}
+        # no actor restarts: a worker that dies stops the job, and a re-run resumes it from the
+        # results file (Ray's default, endless restarts and task retries, would loop on an input
+        # that kills its worker, and prints a "restart will fail" error line on every run)
+        remote: dict = {"num_cpus": cpus_per_actor, **_no_restarts(ray.data.Dataset.map_batches)}
         if use_gpu:
             remote["num_gpus"] = 1.0 if workers <= gpus else gpus / workers
         # torch threads: the local machine's cores split between the workers (Ray would give one each)
@@ -911,7 +916,8 @@ def _run_on_ray(
             math.ceil(MIN_BLOCK_ROWS / config.batch_size), math.ceil(len(rows) / (config.batch_size * 2000))
         )
         ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / per_block)))
-        ds = ds.map_batches(
+        ds = _map_batches_quietly(
+            ds,
             CropWorker,
             fn_constructor_kwargs={
                 "model": config.model,
@@ -1006,6 +1012,23 @@ def _rows(todo: list[BatchItem], crops_out: str | None, stems: dict) -> list[dic
             )
         rows.append(row)
     return rows
+
+
+def _no_restarts(map_batches: Any) -> dict:
+    """``{"max_restarts": 0}`` when this Ray's ``map_batches`` takes it (as a named parameter or
+    through its remote-args keywords), else nothing."""
+    params = inspect.signature(map_batches).parameters
+    if "max_restarts" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return {"max_restarts": 0}
+    return {}
+
+
+def _map_batches_quietly(ds: Any, *args: Any, **kwargs: Any) -> Any:
+    """``ds.map_batches`` without the deprecation warning Ray 2.60 gives for remote-args keywords
+    (``max_restarts`` has no named parameter yet); other warnings still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*ray_remote_args.*deprecated")
+        return ds.map_batches(*args, **kwargs)
 
 
 def _init_ray(config: BatchConfig) -> None:

@@ -327,6 +327,7 @@ def _print_profile(totals: dict[str, float], n: int, load_s: float, run_s: float
         "query_image",
         "select",
         "decoder",
+        "compose",
         "postprocess",
     ]
     n = max(n, 1)

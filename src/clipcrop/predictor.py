@@ -73,7 +73,8 @@ class CropResult(Sequence[Crop]):
         keywords: keywords that selected tokens (after filtering).
         truncated: the text query had more tokens than OWL-ViT reads (16): the full text was
             embedded cut there, while its keywords still carry the rest.
-        timings: seconds per stage (decode, preprocess, backbone, keywords, select, decoder, postprocess).
+        timings: seconds per stage that ran (decode, preprocess, backbone, keywords, text_encoder or
+            query_image, select, decoder in trained mode or compose in training-free mode, postprocess).
     """
 
     crops: list[Crop]
@@ -512,7 +513,9 @@ class ClipCrop:
         subject = selection.union.detach().float().cpu().numpy().astype(np.float64)
         crops = self.postprocess(boxes, scores, width, height, top_k=top_k, ratio=ratio, subject=subject)
         t3 = time.perf_counter()
-        timings.update(select=t1 - t0, decoder=t2 - t1, postprocess=t3 - t2)
+        # the stage that ran: the trained decoder, or the composition ranking of training-free mode
+        stage = "decoder" if self.model is not None else "compose"
+        timings.update({"select": t1 - t0, stage: t2 - t1, "postprocess": t3 - t2})
         union_px = round_box(
             selection.union.detach().float().cpu().numpy() * [width, height, width, height], width, height
         )
