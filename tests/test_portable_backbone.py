@@ -14,6 +14,7 @@ import pytest
 from conftest import TINY_DECODER, sample_photo
 from gaic_fixture import write_gaic
 from test_cli import run_cli
+from test_cli_detect import assert_same_crops, assert_same_detections
 
 from clipcrop.errors import ModelLoadError
 from clipcrop.predictor import ClipCrop
@@ -82,11 +83,13 @@ def test_crop_and_detect_cli_take_backbone(moved):
     args = ("-q", "a cup of coffee", "-k", "3", "--json", "--model", str(ckpt), "--backbone", str(away))
     r = run_cli("crop", str(PHOTO), *args)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["crops"] == before
+    assert_same_crops(json.loads(r.stdout)["crops"], before)
     r = run_cli("detect", str(PHOTO), *args)
     assert r.returncode == 0, r.stderr
     free = ClipCrop.from_pretrained(away)  # detections are the backbone's own
-    assert json.loads(r.stdout) == free.detect(str(PHOTO), query="a cup of coffee", top_k=3).to_dict()
+    assert_same_detections(
+        json.loads(r.stdout), free.detect(str(PHOTO), query="a cup of coffee", top_k=3).to_dict()
+    )
 
     r = run_cli("crop", str(PHOTO), "--model", str(ckpt), "--backbone", str(old))
     assert r.returncode == 2 and r.stderr == f"clipcrop: error: {old}: no such folder\n"

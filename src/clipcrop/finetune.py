@@ -603,11 +603,12 @@ class Finetuner:
     def _set_trainable(self, model: nn.Module) -> list[nn.Parameter]:
         cfg = self.config
         model.requires_grad_(True)
+        clip = model.base_model  # the CLIP part: ``model.owlvit`` (OWL-ViT) or ``model.owlv2`` (OWLv2)
         if not cfg.train_text:
-            model.owlvit.text_model.requires_grad_(False)
-            model.owlvit.text_projection.requires_grad_(False)
+            clip.text_model.requires_grad_(False)
+            clip.text_projection.requires_grad_(False)
         if not cfg.train_token_embedding:
-            model.owlvit.text_model.embeddings.token_embedding.requires_grad_(False)
+            clip.text_model.embeddings.token_embedding.requires_grad_(False)
         return [p for p in model.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ run
