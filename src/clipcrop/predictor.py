@@ -35,7 +35,7 @@ from .imageio import ImageSource, LoadedImage, load_image
 from .limits import Limits
 from .model import DEFAULT_SELECTION, INSIDE_BACKBONE, ClipCropModel, resolve_backbone_ref
 from .selection import Selection, condition_texts, ensure_min_size, select_tokens, unconditioned
-from .validation import validate_query, validate_query_pair, validate_top_k
+from .validation import MAX_DETECTIONS, validate_query, validate_query_pair, validate_top_k
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ MODE_TRAINED = "trained"
 MODE_TRAINING_FREE = "training-free"
 #: prompts whose detections stand for "other objects" in training-free composition scoring
 OBJECT_PROMPTS = ("a photo of an object", "a person", "an animal", "a face")
-#: most detections one ``detect`` call returns (OWL-ViT B/32 has 576 tokens, B/16 2304)
-_MAX_DETECTIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -456,7 +454,7 @@ class ClipCrop:
         if query is None and image_query is None:
             raise QueryError("detect needs a text query or an image query")
         condition = self.prepare_condition(query, image_query, whole_text=True)
-        validate_top_k(top_k, _MAX_DETECTIONS)
+        validate_top_k(top_k, MAX_DETECTIONS)
         return self.detect_encoded(self.encode(image), condition, top_k=top_k)
 
     def detect_encoded(
@@ -465,7 +463,7 @@ class ClipCrop:
         """Detections of an already encoded image for a prepared (whole-text or image) condition."""
         if condition.kind == "none":
             raise QueryError("detect needs a text query or an image query")
-        top_k = validate_top_k(top_k, _MAX_DETECTIONS)
+        top_k = validate_top_k(top_k, MAX_DETECTIONS)
         detections = rank_detections(
             encoded.features, condition.embeds[0], encoded.width, encoded.height, top_k
         )
