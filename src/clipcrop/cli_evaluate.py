@@ -71,7 +71,34 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json()), flush=True)
     _print_table(result, stderr=args.json)
+    _record_in_checkpoint(args, config, result)
     return 0
+
+
+def _record_in_checkpoint(args: argparse.Namespace, config, result) -> None:
+    """A local ClipCrop checkpoint keeps the results (config.json) and shows them on its model card
+    (a run on the first ``--limit`` samples only is not the checkpoint's evaluation: not recorded)."""
+    from .model_card import is_checkpoint, record_evaluation
+    from .model_source import model_name
+
+    folder = model_name(args.model)
+    if config.limit is not None or result.mode != "trained" or not is_checkpoint(folder):
+        return
+    # GAIC: its split; a TextCrop-format set: its folder's name (Horanyi-PR, TextCrop, ...)
+    split = config.split if config.dataset == "gaic" else os.path.basename(os.path.normpath(config.root))
+    entry = {
+        "dataset": config.dataset,
+        "split": split,
+        "samples": result.samples,
+        "mode": result.mode,
+        "metrics": dict(result.metrics),
+    }
+    try:
+        card = record_evaluation(folder, entry)
+    except OSError as exc:  # a read-only checkpoint: the results are still printed
+        print(f"clipcrop: warning: could not record the results in {folder} ({exc})", file=sys.stderr)
+        return
+    print(f"clipcrop: results recorded in {card} (model card) and config.json", file=sys.stderr)
 
 
 class _progress:

@@ -53,7 +53,7 @@ class ClipCropModel(
     PyTorchModelHubMixin,
     library_name="clipcrop",
     tags=["image-cropping", "owlvit", "clipcrop"],
-    repo_url="https://arxiv.org/abs/2305.19262",
+    paper_url="https://arxiv.org/abs/2305.19262",
 ):
     """The crop decoder plus everything needed to rebuild it (the Hub mixin saves the init args).
 
@@ -97,11 +97,14 @@ class ClipCropModel(
 
     def save_pretrained(self, save_directory, **kwargs):  # type: ignore[override]
         """Save weights, model card and the *complete* config (defaults filled in), so a checkpoint
-        never depends on the defaults of the version that loads it."""
+        never depends on the defaults of the version that loads it. The card is ClipCrop's own
+        (:mod:`clipcrop.model_card`: paper, model, training, evaluation), not the mixin's default."""
         self._hub_mixin_config = self.config_dict()
         out = super().save_pretrained(save_directory, **kwargs)
         from .atomic_files import apply_umask
+        from .model_card import write_card
 
+        write_card(save_directory)
         apply_umask(save_directory, ("config.json", "model.safetensors", "README.md"))  # safetensors: 0600
         return out
 

@@ -847,6 +847,12 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             model = acc.unwrap_model(self._net).model
+            from .model_card import training_summary
+
+            # the data and settings go into config.json, so the model card states them (even after push_to_hub)
+            summary = training_summary(self.config.to_dict(), step, len(self._data.samples))
+            stored = model.extra.get("training") or {}  # the run's own entries win; steps and data are now's
+            model.extra["training"] = {**summary, **stored, **{k: summary[k] for k in ("steps", "data")}}
             model.save_pretrained(tmp)
             if self._save_backbone:
                 self.backbone.model.save_pretrained(tmp / "backbone")
