@@ -274,19 +274,29 @@ def test_random_heads_saturate_and_fresh_heads_do_not(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finetuned(scenes_dir, tiny_backbone_dir, tmp_path_factory):
+def raw_backbone_dir(tmp_path_factory):
+    """Fine-tuning starts from scratch here, as the shapes benchmark does: raw random heads (the
+    shared fixtures are calibrated to behave like pretrained ones; these get re-initialised)."""
+    from clipcrop.random_models import make_random_owlvit
+    from conftest import DATA
+
+    return make_random_owlvit(tmp_path_factory.mktemp("raw-owlvit"), DATA, size="tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def finetuned(scenes_dir, raw_backbone_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft") / "owlvit-shapes"
-    result = finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, out, max_steps=150, batch_size=8))
+    result = finetune_backbone(cfg(scenes_dir, raw_backbone_dir, out, max_steps=150, batch_size=8))
     return out, result
 
 
-def test_finetuning_learns_to_find_objects_by_text(finetuned, scenes_dir, tiny_backbone_dir):
+def test_finetuning_learns_to_find_objects_by_text(finetuned, scenes_dir, raw_backbone_dir):
     out, result = finetuned
     assert result.finished and result.step == 150 and result.start_step == 0
     losses = [r["loss"] for r in result.history]
     assert np.mean(losses[-15:]) < 0.5 * np.mean(losses[:15])
     samples = load_detection_manifest(scenes_dir / "train.jsonl")
-    before = top1_box_iou(Backbone.from_pretrained(tiny_backbone_dir), samples)
+    before = top1_box_iou(Backbone.from_pretrained(raw_backbone_dir), samples)
     after = top1_box_iou(Backbone.from_pretrained(out), samples)
     assert after["num_objects"] == before["num_objects"] > 10
     assert after["iou_mean"] > before["iou_mean"] + 0.3
@@ -304,17 +314,17 @@ def test_log_has_every_loss_term(finetuned):
     assert log[-1]["event"] == "end"
 
 
-def test_output_is_an_ordinary_owlvit_folder(finetuned, tiny_backbone_dir, scenes_dir):
+def test_output_is_an_ordinary_owlvit_folder(finetuned, raw_backbone_dir, scenes_dir):
     from clipcrop import ClipCrop
 
     out, _ = finetuned
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     support = sorted(
-        p.name for p in tiny_backbone_dir.iterdir() if p.name not in ("config.json", "model.safetensors")
+        p.name for p in raw_backbone_dir.iterdir() if p.name not in ("config.json", "model.safetensors")
     )
     assert "preprocessor_config.json" in support and "tokenizer_config.json" in support
     for name in support:  # tokenizer and image processor: exactly what the input folder had
-        assert (out / name).read_bytes() == (tiny_backbone_dir / name).read_bytes(), name
+        assert (out / name).read_bytes() == (raw_backbone_dir / name).read_bytes(), name
     assert not list(out.parent.glob(".owlvit-shapes.*")), "temporary folders left behind"
     cc = ClipCrop.from_pretrained(out)
     assert cc.mode == "training-free"

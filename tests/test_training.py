@@ -60,7 +60,10 @@ def test_training_learns_the_crops(gaic, tiny_backbone_dir, tmp_path):
 
     out = tmp_path / "ck"
     decoder = {**DECODER, "num_queries": 16}
-    cfg = config(gaic, tiny_backbone_dir, out, max_steps=200, mosaic=False, text_drop=0.0, decoder=decoder)
+    # 2e-3: the calibrated backbone's union boxes vary by query, so offsets take longer to fit
+    cfg = config(
+        gaic, tiny_backbone_dir, out, max_steps=200, lr=2e-3, mosaic=False, text_drop=0.0, decoder=decoder
+    )
     result = train(cfg)
     losses = [r["loss"] for r in result.history]
     start, end = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
