@@ -252,8 +252,9 @@ def test_text_features_are_the_cached_embeddings_with_gradients(tiny_backbone_di
 
 def test_random_heads_saturate_and_fresh_heads_do_not(tmp_path):
     # raw random heads, as a model trained from scratch starts (the shared fixtures are calibrated)
-    from clipcrop.random_models import make_random_owlvit
     from conftest import DATA
+
+    from clipcrop.random_models import make_random_owlvit
 
     bb = Backbone.from_pretrained(make_random_owlvit(tmp_path / "raw", DATA, size="tiny", seed=0))
     pixels = torch.randn(2, 3, bb.preprocessing.size, bb.preprocessing.size)
@@ -277,8 +278,9 @@ def test_random_heads_saturate_and_fresh_heads_do_not(tmp_path):
 def raw_backbone_dir(tmp_path_factory):
     """Fine-tuning starts from scratch here, as the shapes benchmark does: raw random heads (the
     shared fixtures are calibrated to behave like pretrained ones; these get re-initialised)."""
-    from clipcrop.random_models import make_random_owlvit
     from conftest import DATA
+
+    from clipcrop.random_models import make_random_owlvit
 
     return make_random_owlvit(tmp_path_factory.mktemp("raw-owlvit"), DATA, size="tiny", seed=0)
 
