@@ -119,9 +119,9 @@ def test_int8_keeps_the_crops_of_a_calibrated_checkpoint(tiny_backbone_dir):
     form) scores mean IoU 0.916 and 17 of 18 tokens here, and fails; the vision MLPs alone
     score 0.951 and 18 of 18 (on the full-size B/32: 0.948 against 0.725)."""
     import numpy as np
+    from conftest import sample_photo
 
     from clipcrop.box_ops import iou_np
-    from conftest import sample_photo
 
     fp32 = ClipCrop.from_pretrained(tiny_backbone_dir)
     int8 = ClipCrop.from_pretrained(tiny_backbone_dir, quantize="int8")
