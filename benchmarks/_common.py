@@ -118,7 +118,7 @@ def random_decoder_checkpoint(backbone_dir: str, out_dir: Path) -> Path:
 
     import torch
 
-    from clipcrop.model import ClipCropModel
+    from clipcrop.modeling.model import ClipCropModel
 
     hidden = json.loads((Path(backbone_dir) / "config.json").read_text())["vision_config"]["hidden_size"]
     torch.manual_seed(0)

@@ -47,7 +47,7 @@ CLI = (
     HWM
     + """
 import sys
-from clipcrop.cli import main
+from clipcrop.cli.main import main
 rc = main(sys.argv[1:])
 print(hwm(), file=sys.stderr)
 sys.exit(rc)
@@ -57,7 +57,7 @@ DECODE = (
     HWM
     + """
 import sys
-from clipcrop.imageio import load_image
+from clipcrop.io.images import load_image
 li = load_image(sys.argv[1])
 print(hwm(), li.image.size, li.width, li.height)
 """
@@ -118,7 +118,7 @@ def main() -> int:
     rows = []
     sizes = {"4 MP (2449x1633)": (2449, 1633), "40 MP (7746x5164)": (7746, 5164)}
     base_kb = child_rss(
-        [sys.executable, "-c", HWM + "from clipcrop.imageio import load_image\nprint(hwm())"], env
+        [sys.executable, "-c", HWM + "from clipcrop.io.images import load_image\nprint(hwm())"], env
     )[0]
     results, decoded = {}, {}
     for label, size in sizes.items():
@@ -136,7 +136,7 @@ def main() -> int:
             )
         )
     print_table(
-        "Target 4b: peak RSS of decoding (above an interpreter with clipcrop.imageio imported)",
+        "Target 4b: peak RSS of decoding (above an interpreter with clipcrop.io.images imported)",
         rows,
         ("image", "file", "decode peak", "decoded size, original w, h"),
     )

@@ -46,7 +46,7 @@ def main() -> int:
     from transformers import OwlViTForObjectDetection, OwlViTProcessor
 
     from clipcrop import ClipCrop
-    from clipcrop.keywords import extract_keywords
+    from clipcrop.modeling.keywords import extract_keywords
 
     tmp = Path(tempfile.mkdtemp(prefix="clipcrop-bench-"))
     photo = make_photo_set(tmp / "photos", 1, long_side=768)[0]

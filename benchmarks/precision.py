@@ -37,7 +37,7 @@ def main() -> int:
     from PIL import Image
 
     from clipcrop import ClipCrop
-    from clipcrop.box_ops import iou_np
+    from clipcrop.ops.box_ops import iou_np
 
     tmp = Path(tempfile.mkdtemp(prefix="clipcrop-prec-"))
     photos = [Image.open(p).convert("RGB") for p in make_photo_set(tmp, args.images, long_side=768)]

@@ -24,7 +24,7 @@ def sample_photo(name: str) -> Path:
 def make_calibrated(tmp_path_factory, name: str, **kwargs) -> Path:
     """A tiny random OWL-ViT/OWLv2 whose heads are calibrated to behave like pretrained ones
     (varied boxes, unsaturated probabilities, query-driven ranking; see tests/test_fixtures.py)."""
-    from clipcrop.random_models import make_random_owlvit
+    from clipcrop.synthetic.random_models import make_random_owlvit
 
     return make_random_owlvit(
         tmp_path_factory.mktemp(name), DATA, size="tiny", seed=0, calibrate=True, **kwargs
@@ -71,7 +71,7 @@ def build_tiny_clipcrop(backbone_dir: Path, out: Path) -> Path:
     """A seeded tiny ClipCrop checkpoint on ``backbone_dir`` (what ``tiny_clipcrop_dir`` holds)."""
     import torch
 
-    from clipcrop.model import ClipCropModel
+    from clipcrop.modeling.model import ClipCropModel
 
     torch.manual_seed(0)
     model = ClipCropModel(backbone=str(backbone_dir), decoder=TINY_DECODER)

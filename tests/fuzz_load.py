@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of image decoding and query validation with atheris (libFuzzer).
 
-The target feeds every input to :func:`clipcrop.imageio.decode_bytes` and, read as text, to
+The target feeds every input to :func:`clipcrop.io.images.decode_bytes` and, read as text, to
 :func:`clipcrop.validation.validate_query`.  Any exception that is not a
 :class:`~clipcrop.errors.ClipCropError` is a crash; so is exceeding libFuzzer's memory limit
 (``-rss_limit_mb``, 2048 by default) or its time limit (``-timeout``).
@@ -36,7 +36,7 @@ with atheris.instrument_imports(include=["clipcrop", "PIL"]):
     from PIL import Image
 
     from clipcrop.errors import ClipCropError
-    from clipcrop.imageio import decode_bytes
+    from clipcrop.io.images import decode_bytes
     from clipcrop.limits import Limits
     from clipcrop.validation import validate_query
 

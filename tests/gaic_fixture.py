@@ -12,7 +12,7 @@ a deterministic rule around a hand-marked *subject* box of the photo:
 and the whole image and off-subject crops score low: a pattern a crop model can learn (and, for a
 handful of images, memorise). Captions name the subject.
 
-Layout written (what :func:`clipcrop.datasets.load_gaic` reads)::
+Layout written (what :func:`clipcrop.data.datasets.load_gaic` reads)::
 
     root/images/<split>/<name>.jpg
     root/annotations/<split>/<name>.txt     "y1 x1 y2 x2 MOS" per crop, pixels

@@ -57,7 +57,7 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     from conftest import DATA, build_tiny_clipcrop
 
-    from clipcrop.random_models import make_random_owlvit
+    from clipcrop.synthetic.random_models import make_random_owlvit
 
     with tempfile.TemporaryDirectory() as tmp:
         backbone = make_random_owlvit(Path(tmp) / "owlvit-tiny", DATA, size="tiny", seed=0, calibrate=True)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clipcrop.atomic_files import atomic_open, write_atomic
-from clipcrop.batch import ResultsWriter, repair_results
+from clipcrop.batch.job import ResultsWriter, repair_results
 from clipcrop.errors import OutputExistsError
-from clipcrop.evaluation import write_jsonl_atomic
-from clipcrop.render import save_atomic
+from clipcrop.evaluation.harness import write_jsonl_atomic
+from clipcrop.io.atomic_files import atomic_open, write_atomic
+from clipcrop.io.render import save_atomic
 
 UMASKS = [0o022, 0o077, 0o002]
 
@@ -61,7 +61,7 @@ def test_every_writer_follows_the_umask(umask, tmp_path):
 def test_checkpoint_files_follow_the_umask(umask, tmp_path):
     from conftest import TINY_DECODER
 
-    from clipcrop.model import ClipCropModel
+    from clipcrop.modeling.model import ClipCropModel
 
     ClipCropModel(backbone="some/backbone", decoder=TINY_DECODER).save_pretrained(tmp_path / "ckpt")
     files = sorted(p for p in (tmp_path / "ckpt").rglob("*") if p.is_file())
@@ -106,8 +106,8 @@ def test_published_training_checkpoints_and_random_backbones_follow_the_umask(um
     0600 into the temporary folder (safetensors does) come out with the umask's permissions."""
     from conftest import DATA
 
-    from clipcrop.random_models import make_random_owlvit
-    from clipcrop.runloop import checkpoint_tmp_dir, publish_complete
+    from clipcrop.synthetic.random_models import make_random_owlvit
+    from clipcrop.training.runloop import checkpoint_tmp_dir, publish_complete
 
     want = 0o666 & ~umask
     out = tmp_path / "ckpt"

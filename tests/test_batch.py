@@ -24,7 +24,7 @@ from PIL import Image
 
 pytest.importorskip("ray.data")
 
-from clipcrop.batch import MAX_TASKS_PER_ACTOR, MIN_BLOCK_ROWS, BatchConfig, run_batch  # noqa: E402
+from clipcrop.batch.job import MAX_TASKS_PER_ACTOR, MIN_BLOCK_ROWS, BatchConfig, run_batch  # noqa: E402
 
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png"]
 
@@ -77,7 +77,7 @@ def test_worker_keeps_names_opens_paths_and_caches_conditions(tiny_backbone_dir,
     """The Ray UDF on its own: names vs. paths, per-input errors, conditions prepared once."""
     import numpy as np
 
-    from clipcrop.batch import CropWorker
+    from clipcrop.batch.job import CropWorker
     from clipcrop.limits import Limits
 
     shutil.copy(sample_photo("astronaut.png"), tmp_path / "a.png")
@@ -328,7 +328,7 @@ def test_crop_options_per_line_and_crop_pictures(ray_session, tiny_clipcrop_dir,
     crop pictures that keep the source's profile and EXIF (batch has what crop has)."""
     from test_metadata import assert_carried, tagged_photo
 
-    from clipcrop.batch_outputs import condition_digest
+    from clipcrop.batch.outputs import condition_digest
     from clipcrop.errors import OutputExistsError
 
     jobs = tmp_path / "jobs"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clipcrop.batch import (
+from clipcrop.batch.job import (
     BatchItem,
     BatchSummary,
     ResultsWriter,
@@ -185,7 +185,7 @@ def test_summary_exit_code_and_line():
 
 
 def test_one_job_per_results_file(tmp_path):
-    from clipcrop.batch import BatchConfig, _lock_results, run_batch
+    from clipcrop.batch.job import BatchConfig, _lock_results, run_batch
     from clipcrop.errors import ClipCropError
 
     (tmp_path / "photos").mkdir()
@@ -201,7 +201,7 @@ def test_one_job_per_results_file(tmp_path):
 
 
 def test_fail_fast_on_a_local_model_that_cannot_be(tmp_path):
-    from clipcrop.batch import BatchConfig, run_batch
+    from clipcrop.batch.job import BatchConfig, run_batch
     from clipcrop.errors import ModelLoadError
 
     (tmp_path / "photos").mkdir()
@@ -216,7 +216,7 @@ def test_fail_fast_on_a_local_model_that_cannot_be(tmp_path):
 
 
 def test_worker_errors_reported_as_their_message():
-    from clipcrop.batch import _explain_ray_failure
+    from clipcrop.batch.job import _explain_ray_failure
 
     text = (
         "ActorDiedError: ...\nTraceback (most recent call last):\n  File x\n"
@@ -231,7 +231,7 @@ def test_pid_alive_sees_dead_and_zombie_drivers():
     import sys
     import time
 
-    from clipcrop.batch import _pid_alive
+    from clipcrop.batch.job import _pid_alive
 
     assert _pid_alive(os.getpid())
     p = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -245,7 +245,7 @@ def test_pid_alive_sees_dead_and_zombie_drivers():
 
 # ---------------------------------------------------------------------------------- crop options
 def test_manifest_lines_override_the_job_options_and_bad_ones_are_their_errors(tmp_path):
-    from clipcrop.batch import ItemDefaults
+    from clipcrop.batch.job import ItemDefaults
 
     manifest = tmp_path / "jobs.jsonl"
     rows = [
@@ -300,7 +300,7 @@ def test_manifest_lines_override_the_job_options_and_bad_ones_are_their_errors(t
 
 
 def test_folder_items_get_the_job_options_and_image_query(tmp_path):
-    from clipcrop.batch import ItemDefaults
+    from clipcrop.batch.job import ItemDefaults
 
     (tmp_path / "a.jpg").write_bytes(b"x")
     (item,) = collect_items(
@@ -326,7 +326,7 @@ def test_results_remember_the_options_and_old_lines_mean_the_old_defaults(tmp_pa
 
 
 def test_crop_names_for_a_manifest_never_collide(tmp_path):
-    from clipcrop.batch_outputs import condition_digest, existing_targets, plan_stems
+    from clipcrop.batch.outputs import condition_digest, existing_targets, plan_stems
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("")
@@ -354,7 +354,7 @@ def test_crop_names_for_a_manifest_never_collide(tmp_path):
 
 
 def test_manifest_inside_folder_names_follow_the_manifest(tmp_path):
-    from clipcrop.batch_outputs import plan_stems
+    from clipcrop.batch.outputs import plan_stems
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("")

@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipcrop.box_ops import (
+from clipcrop.errors import ParameterError
+from clipcrop.ops.box_ops import (
     box_cxcywh_to_xyxy,
     box_iou,
     box_xyxy_to_cxcywh,
@@ -22,7 +23,6 @@ from clipcrop.box_ops import (
     round_box,
     union_box,
 )
-from clipcrop.errors import ParameterError
 
 
 def test_cxcywh_round_trip_and_values():

@@ -143,7 +143,7 @@ def test_bad_parameters_one_error_line(photo_dir, args, needle):
 
 def test_help_does_not_import_torch():
     code = (
-        "import sys; from clipcrop.cli import main\n"
+        "import sys; from clipcrop.cli.main import main\n"
         "try:\n    main(['crop', '--help'])\nexcept SystemExit: pass\n"
         "try:\n    main(['crop', 'x.jpg', '--top-k', 'zz'])\nexcept SystemExit: pass\n"
         "assert main(['crop', 'x.jpg', '--query', '  ']) == 2\n"

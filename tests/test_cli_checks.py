@@ -66,7 +66,7 @@ def test_every_argument_error_exits_2_with_one_line_before_torch(tmp_path):
     them torch, transformers and spaCy were never imported (so no model could have loaded)."""
     code = f"""
 import contextlib, io, json, sys
-from clipcrop.cli import main
+from clipcrop.cli.main import main
 out = []
 for argv, _ in {CASES!r}:
     err = io.StringIO()
@@ -115,7 +115,7 @@ def test_top_k_limit_is_the_models_before_and_after_loading(
 ):
     """The limit read from config.json without torch is the loaded predictor's, with the same message."""
     from clipcrop import ClipCrop
-    from clipcrop.cli import main
+    from clipcrop.cli.main import main
     from clipcrop.errors import ParameterError
 
     trained = local_config(str(tiny_clipcrop_dir))
@@ -194,7 +194,7 @@ def test_local_model_folders_are_checked_from_config_json(tmp_path):
 def test_run_settings_are_usage_errors_before_any_data_loads(tmp_path, capsys, argv, needle):
     """Settings that only the run's config class checks (it lives beside torch) still exit 2 with
     one line, before the (empty) data folder or any model is read."""
-    from clipcrop.cli import main
+    from clipcrop.cli.main import main
 
     (tmp_path / "m.jsonl").write_text("")
     assert main([a.format(d=tmp_path) for a in argv]) == 2

@@ -113,7 +113,7 @@ def test_table_and_per_image_failures(tiny_backbone_dir, photos, tmp_path):
 def test_argument_errors_are_one_line_without_torch(tiny_backbone_dir, photos):
     code = f"""
 import contextlib, io, sys
-from clipcrop.cli import main
+from clipcrop.cli.main import main
 photo, other, model = {str(photos[0])!r}, {str(photos[1])!r}, {str(tiny_backbone_dir)!r}
 cases = {{
     "neither": ["detect", photo, "--model", model],

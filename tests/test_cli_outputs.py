@@ -16,7 +16,7 @@ from conftest import sample_photo
 from PIL import Image
 from test_metadata import FORMATS, assert_carried, tagged_photo
 
-from clipcrop.output_names import crop_path, output_stems, overlay_path
+from clipcrop.io.output_names import crop_path, output_stems, overlay_path
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -118,7 +118,7 @@ def test_same_names_in_two_folders_give_all_pictures(tiny_backbone_dir, tmp_path
 # ---------------------------------------------------------------------------------- nothing replaced
 def check_no_torch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     code = (
-        "import sys; from clipcrop.cli import main\n"
+        "import sys; from clipcrop.cli.main import main\n"
         f"rc = main({args!r})\n"
         "assert 'torch' not in sys.modules, 'torch was imported for a usage error'\n"
         "sys.exit(rc)\n"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from clipcrop.box_ops import box_xyxy_to_cxcywh
-from clipcrop.criterion import SetCriterion, build_target, normalise_mos, positives_from_mos
-from clipcrop.matcher import HungarianMatcher
+from clipcrop.ops.box_ops import box_xyxy_to_cxcywh
+from clipcrop.training.criterion import SetCriterion, build_target, normalise_mos, positives_from_mos
+from clipcrop.training.matcher import HungarianMatcher
 
 
 def _bce(x: float, y: float) -> float:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipcrop.datasets import _load_captions, image_size, load_gaic, load_textcrop
+from clipcrop.data.datasets import _load_captions, image_size, load_gaic, load_textcrop
 from clipcrop.errors import DatasetError
 
 # the public captions in ../shared beside the checkout (read-only material; skipped where absent)

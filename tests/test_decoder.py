@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from clipcrop.box_ops import box_xyxy_to_cxcywh
-from clipcrop.decoder import CropDecoder, DecoderConfig
+from clipcrop.modeling.decoder import CropDecoder, DecoderConfig
+from clipcrop.ops.box_ops import box_xyxy_to_cxcywh
 
 
 def _inputs(b=2, n=36, d=32):

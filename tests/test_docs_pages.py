@@ -7,9 +7,9 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from clipcrop.docs_pages import ASSETS_URL
 from clipcrop.limits import Limits
-from clipcrop.service import create_app
+from clipcrop.serve.app import create_app
+from clipcrop.serve.docs_pages import ASSETS_URL
 
 PAGES = ("/", "/docs", "/redoc", "/docs/oauth2-redirect")
 #: an absolute or protocol-relative URL in an attribute or a script string

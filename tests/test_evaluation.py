@@ -13,10 +13,10 @@ from conftest import sample_photo
 from gaic_fixture import write_gaic
 from PIL import Image
 
-from clipcrop.datasets import load_textcrop
+from clipcrop.data.datasets import load_textcrop
 from clipcrop.errors import DatasetError
-from clipcrop.evaluation import BASELINES, EvalConfig, evaluate, evaluate_samples, load_gaic_for_eval
-from clipcrop.metrics import gaic_metrics, textcrop_metrics
+from clipcrop.evaluation.harness import BASELINES, EvalConfig, evaluate, evaluate_samples, load_gaic_for_eval
+from clipcrop.evaluation.metrics import gaic_metrics, textcrop_metrics
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_whole_image_baseline_is_hand_checkable(tiny_cc, tmp_path):
 
 
 def test_table_on_stdout_without_json(tiny_clipcrop_dir, tmp_path, capsys):
-    from clipcrop.cli import main
+    from clipcrop.cli.main import main
 
     write_textcrop(tmp_path)
     code = main(

@@ -11,9 +11,10 @@ import torch
 from conftest import TINY_DECODER
 from safetensors.torch import load_file
 
-from clipcrop.backbone import Backbone
 from clipcrop.errors import DatasetError, ParameterError
-from clipcrop.finetune import (
+from clipcrop.modeling.backbone import Backbone
+from clipcrop.synthetic.shapes import describe, gaic_annotation, make_scene
+from clipcrop.training.finetune import (
     HEAD_PRIOR_PROB,
     LOG_FILE,
     STATE_FILE,
@@ -27,8 +28,7 @@ from clipcrop.finetune import (
     sigmoid_focal_loss,
     top1_box_iou,
 )
-from clipcrop.matcher import HungarianMatcher
-from clipcrop.shapes import describe, gaic_annotation, make_scene
+from clipcrop.training.matcher import HungarianMatcher
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_manifest_errors_name_the_line(scenes_dir, tmp_path, line, message):
 
 
 def test_zoom_windows_cut_no_object_and_targets_follow(scenes_dir, tiny_backbone_dir, tmp_path):
-    from clipcrop.finetune import Finetuner
+    from clipcrop.training.finetune import Finetuner
 
     ft = Finetuner(cfg(scenes_dir, tiny_backbone_dir, tmp_path / "z", zoom=1.0, hflip=False, batch_size=8))
     _, _, windows, _ = ft.step_plan(0)
@@ -254,7 +254,7 @@ def test_random_heads_saturate_and_fresh_heads_do_not(tmp_path):
     # raw random heads, as a model trained from scratch starts (the shared fixtures are calibrated)
     from conftest import DATA
 
-    from clipcrop.random_models import make_random_owlvit
+    from clipcrop.synthetic.random_models import make_random_owlvit
 
     bb = Backbone.from_pretrained(make_random_owlvit(tmp_path / "raw", DATA, size="tiny", seed=0))
     pixels = torch.randn(2, 3, bb.preprocessing.size, bb.preprocessing.size)
@@ -280,7 +280,7 @@ def raw_backbone_dir(tmp_path_factory):
     shared fixtures are calibrated to behave like pretrained ones; these get re-initialised)."""
     from conftest import DATA
 
-    from clipcrop.random_models import make_random_owlvit
+    from clipcrop.synthetic.random_models import make_random_owlvit
 
     return make_random_owlvit(tmp_path_factory.mktemp("raw-owlvit"), DATA, size="tiny", seed=0)
 
@@ -336,7 +336,7 @@ def test_output_is_an_ordinary_owlvit_folder(finetuned, raw_backbone_dir, scenes
 
 def test_clipcrop_trains_on_the_finetuned_backbone(finetuned, scenes_dir, tmp_path):
     from clipcrop import ClipCrop
-    from clipcrop.training import TrainConfig, train
+    from clipcrop.training.trainer import TrainConfig, train
 
     out, _ = finetuned
     decoder = {k: v for k, v in TINY_DECODER.items() if k != "input_dim"}
@@ -380,7 +380,7 @@ def test_resume_continues_exactly(scenes_dir, tiny_backbone_dir, tmp_path):
 
 
 def test_resume_with_more_steps_extends_the_schedule(scenes_dir, tiny_backbone_dir, tmp_path):
-    from clipcrop.training import LRSchedule
+    from clipcrop.training.trainer import LRSchedule
 
     out = tmp_path / "extend"
     finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, out, max_steps=4))
@@ -407,7 +407,7 @@ def test_bad_settings_are_refused(scenes_dir, tiny_backbone_dir, tmp_path):
 
 
 def test_cli_finetunes_and_resumes(scenes_dir, tiny_backbone_dir, tmp_path, capsys):
-    from clipcrop.cli import main
+    from clipcrop.cli.main import main
 
     out = tmp_path / "cli"
     args = [

@@ -12,7 +12,7 @@ import torch
 from conftest import sample_photo
 from PIL import Image
 
-from clipcrop.backbone import Backbone
+from clipcrop.modeling.backbone import Backbone
 
 PHOTOS = [
     "astronaut.png",
@@ -117,7 +117,7 @@ def test_raw_random_heads_are_degenerate(tmp_path):
     """Why calibration exists: the same architecture uncalibrated fails these properties."""
     from conftest import DATA
 
-    from clipcrop.random_models import make_random_owlvit
+    from clipcrop.synthetic.random_models import make_random_owlvit
 
     m = _measure(make_random_owlvit(tmp_path / "raw", DATA, size="tiny", seed=0))
     assert max(m["small_side"]) > 0.5 or m["max_logit"] > 100
@@ -140,7 +140,7 @@ def test_make_random_backbone_command_writes_calibrated_checkpoints(tmp_path):
 
     from conftest import DATA
 
-    from clipcrop.cli import main
+    from clipcrop.cli.main import main
 
     for kind in ("owlvit", "owlv2"):
         out = tmp_path / kind

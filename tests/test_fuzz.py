@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clipcrop.errors import ClipCropError
-from clipcrop.imageio import decode_bytes
+from clipcrop.io.images import decode_bytes
 from clipcrop.limits import Limits
 from clipcrop.validation import parse_top_k, validate_query
 

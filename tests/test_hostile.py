@@ -42,7 +42,7 @@ from clipcrop.errors import (
     UnreadableImageError,
     UnsupportedFormatError,
 )
-from clipcrop.imageio import decode_bytes, load_image
+from clipcrop.io.images import decode_bytes, load_image
 from clipcrop.limits import DEFAULT_LIMITS, Limits
 from clipcrop.validation import parse_top_k, validate_query, validate_query_pair, validate_top_k
 
@@ -177,7 +177,7 @@ def test_endless_device_is_read_bounded():
     """Run in a child limited to 1 GiB of address space: a regression must not exhaust the host."""
     resource = pytest.importorskip("resource")
     code = (
-        "from clipcrop.imageio import read_bytes_limited\n"
+        "from clipcrop.io.images import read_bytes_limited\n"
         "from clipcrop.errors import FileTooLargeError\n"
         "from clipcrop.limits import Limits\n"
         "try:\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import sample_photo
 
-from clipcrop import hub_access
+from clipcrop.modeling import hub_access
 
 PHOTO = str(sample_photo("coffee.png"))
 

@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-import clipcrop.matcher as matcher_mod
-from clipcrop.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
-from clipcrop.matcher import HungarianMatcher
+import clipcrop.training.matcher as matcher_mod
+from clipcrop.ops.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from clipcrop.training.matcher import HungarianMatcher
 
 
 def _random_boxes(gen: torch.Generator, *shape: int) -> torch.Tensor:

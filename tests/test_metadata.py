@@ -10,9 +10,9 @@ import pytest
 from conftest import sample_photo
 from PIL import ExifTags, Image, ImageCms
 
-from clipcrop.imageio import load_image
+from clipcrop.io.images import load_image
+from clipcrop.io.metadata import crop_exif, output_metadata, rgb_icc_profile
 from clipcrop.limits import Limits
-from clipcrop.metadata import crop_exif, output_metadata, rgb_icc_profile
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 TAGS = {0x010F: "Canon", 0x013B: "Ann Example", 0x8298: "(c) 2024 Ann Example"}  # Make, Artist, Copyright
@@ -130,7 +130,7 @@ def test_thumbnail_of_the_uncropped_photo_is_dropped():
 def test_service_crop_image_keeps_profile_and_exif(tiny_cc, src_fmt, out_fmt):
     from fastapi.testclient import TestClient
 
-    from clipcrop.service import create_app
+    from clipcrop.serve.app import create_app
 
     with TestClient(create_app(tiny_cc, Limits())) as client:
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipcrop.metrics import (
+from clipcrop.evaluation.metrics import (
     GaicAccumulator,
     IoUAccumulator,
     gaic_acc,

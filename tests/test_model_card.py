@@ -11,8 +11,8 @@ import torch
 from conftest import TINY_DECODER
 from gaic_fixture import write_gaic
 
-from clipcrop.model import ClipCropModel
-from clipcrop.model_card import PAPER_URL, weights_digest
+from clipcrop.modeling.model import ClipCropModel
+from clipcrop.modeling.model_card import PAPER_URL, weights_digest
 
 PAPER = "ClipCrop: Conditioned Cropping Driven by Vision-Language Model"
 
@@ -45,7 +45,7 @@ def gaic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(gaic, tiny_backbone_dir, tmp_path_factory):
-    from clipcrop.training import TrainConfig, train
+    from clipcrop.training.trainer import TrainConfig, train
 
     out = tmp_path_factory.mktemp("card") / "ck"
     decoder = {k: v for k, v in TINY_DECODER.items() if k != "input_dim"}
@@ -87,7 +87,7 @@ def run_evaluate(gaic, model, *extra: str) -> dict:
     import contextlib
     import io
 
-    from clipcrop.cli import main
+    from clipcrop.cli.main import main
 
     buf = io.StringIO()
     args = ["evaluate", "--dataset", "gaic", "--root", str(gaic.root), "--annotations", str(gaic.text_dir)]

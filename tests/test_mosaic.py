@@ -10,7 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from clipcrop.mosaic import filter_initial_boxes, make_mosaic, mosaic_to_tile, sample_grid, tile_to_mosaic
+from clipcrop.data.mosaic import (
+    filter_initial_boxes,
+    make_mosaic,
+    mosaic_to_tile,
+    sample_grid,
+    tile_to_mosaic,
+)
 
 
 def _images(n: int, size: tuple[int, int] = (30, 20)) -> list[Image.Image]:

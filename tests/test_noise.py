@@ -20,7 +20,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return run_python(f"import sys; from clipcrop.cli import main; sys.exit(main({list(args)!r}))")
+    return run_python(f"import sys; from clipcrop.cli.main import main; sys.exit(main({list(args)!r}))")
 
 
 def test_python_api_prints_no_loading_bar_and_restores_the_switches(tiny_clipcrop_dir):
@@ -43,7 +43,7 @@ def test_progress_switches_are_restored_even_when_they_were_off():
     from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
-    from clipcrop.progress_bars import library_progress_off
+    from clipcrop.io.progress import library_progress_off
 
     was_t, was_h = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
     try:

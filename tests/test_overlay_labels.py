@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from clipcrop.label_layout import layout_labels, overlaps
-from clipcrop.render import COLORS, draw_overlay, overlay_labels
+from clipcrop.io.render import COLORS, draw_overlay, overlay_labels
+from clipcrop.ops.label_layout import layout_labels, overlaps
 
 SIZE = (400, 300)
 SHARED_TOP_LEFT = [(0, 0, 200, 150), (0, 0, 300, 200), (0, 0, 400, 300), (0, 0, 120, 90), (0, 0, 250, 250)]

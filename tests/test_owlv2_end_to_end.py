@@ -16,9 +16,9 @@ from test_cli_detect import assert_same_crops, assert_same_detections
 from test_evaluation import SMALL
 from test_finetune import scenes_dir  # noqa: F401 - the shapes scenes fixture
 
-from clipcrop.backbone import Backbone
-from clipcrop.cli import main
-from clipcrop.model import resolve_backbone_ref
+from clipcrop.cli.main import main
+from clipcrop.modeling.backbone import Backbone
+from clipcrop.modeling.model import resolve_backbone_ref
 from clipcrop.predictor import ClipCrop
 
 WIDE = sample_photo("coffee.png")  # 600 x 400: OWLv2 pads it to a square

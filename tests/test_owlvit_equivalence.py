@@ -200,7 +200,7 @@ def test_naive_image_query_rules_pick_other_tokens(query_images, reference):
     """The fixtures can tell the rules apart: ranking normalised embeddings with IoU on clamped
     boxes (ClipCrop's old rule) picks another token than OWL-ViT on some query images, and
     OWLv2's objectness rule picks another than OWL-ViT's IoU rule would."""
-    from clipcrop.box_ops import box_iou
+    from clipcrop.ops.box_ops import box_iou
 
     differs = 0
     cc, model, processor, _ = reference("tiny_large_boxes_dir")
@@ -230,7 +230,7 @@ def test_owlv2_pads_with_black(tiny_owlv2_dir):
     official OWLv2 code does; our pixels are the processor's own."""
     from transformers import AutoProcessor
 
-    from clipcrop.backbone import Backbone
+    from clipcrop.modeling.backbone import Backbone
 
     bb = Backbone.from_pretrained(tiny_owlv2_dir)
     image = Image.new("RGB", (300, 100), (255, 255, 255))

@@ -25,10 +25,10 @@ DECODER = {k: v for k, v in TINY_DECODER.items() if k != "input_dim"}
 
 def build_pair(backbone_dir: Path, root: Path) -> Path:
     """``root/owlvit`` (a copy of ``backbone_dir``) and ``root/ckpt``, a seeded tiny checkpoint that
-    names it as training does (:func:`clipcrop.model.portable_backbone_ref`)."""
+    names it as training does (:func:`clipcrop.modeling.model.portable_backbone_ref`)."""
     import torch
 
-    from clipcrop.model import ClipCropModel, portable_backbone_ref
+    from clipcrop.modeling.model import ClipCropModel, portable_backbone_ref
 
     shutil.copytree(backbone_dir, root / "owlvit")
     torch.manual_seed(0)
@@ -96,8 +96,8 @@ def test_crop_and_detect_cli_take_backbone(moved):
 
 
 def test_evaluate_takes_backbone(moved, tmp_path, capsys):
-    from clipcrop.cli import main
-    from clipcrop.evaluation import EvalConfig, evaluate_samples, load_samples
+    from clipcrop.cli.main import main
+    from clipcrop.evaluation.harness import EvalConfig, evaluate_samples, load_samples
 
     ckpt, _, away, _ = moved
     gaic = write_gaic(tmp_path / "gaic", {"test": ["coffee.png", "astronaut.png"]})
@@ -115,9 +115,9 @@ def test_serve_takes_backbone(moved, monkeypatch):
     """``serve --backbone`` reaches every worker's loader (through CLIPCROP_BACKBONE)."""
     from fastapi.testclient import TestClient
 
-    from clipcrop import cli_serve
-    from clipcrop.cli import main
-    from clipcrop.service import ENV_BACKBONE, app_from_env
+    from clipcrop.cli import serve as cli_serve
+    from clipcrop.cli.main import main
+    from clipcrop.serve.app import ENV_BACKBONE, app_from_env
 
     ckpt, _, away, before = moved
     for name in ("CLIPCROP_MODEL", ENV_BACKBONE, "CLIPCROP_DEVICE", "CLIPCROP_PRECISION"):
@@ -142,8 +142,8 @@ def test_serve_takes_backbone(moved, monkeypatch):
 
 def test_batch_takes_backbone(moved, monkeypatch, tmp_path):
     """``batch --backbone`` reaches the config and the Ray workers' model loading."""
-    from clipcrop import batch
-    from clipcrop.cli import main
+    from clipcrop.batch import job as batch
+    from clipcrop.cli.main import main
     from clipcrop.limits import Limits
 
     ckpt, _, away, before = moved
@@ -172,7 +172,7 @@ def test_batch_takes_backbone(moved, monkeypatch, tmp_path):
 
 
 def train_once(gaic, backbone: Path, out: Path, **changes):
-    from clipcrop.training import TrainConfig, train
+    from clipcrop.training.trainer import TrainConfig, train
 
     config = TrainConfig(
         gaic_root=str(gaic.root),

@@ -49,7 +49,7 @@ def test_half_precision_backbone_stays_close_to_fp32(tiny_clipcrop_dir, fp32, pr
 
 
 def test_int8_quantises_the_vision_mlps_and_stays_close(tiny_clipcrop_dir, fp32):
-    from clipcrop.quantization import int8_layer_names
+    from clipcrop.modeling.quantization import int8_layer_names
 
     cc = ClipCrop.from_pretrained(tiny_clipcrop_dir, quantize="int8")
     quantised = {
@@ -121,7 +121,7 @@ def test_int8_keeps_the_crops_of_a_calibrated_checkpoint(tiny_backbone_dir):
     import numpy as np
     from conftest import sample_photo
 
-    from clipcrop.box_ops import iou_np
+    from clipcrop.ops.box_ops import iou_np
 
     fp32 = ClipCrop.from_pretrained(tiny_backbone_dir)
     int8 = ClipCrop.from_pretrained(tiny_backbone_dir, quantize="int8")

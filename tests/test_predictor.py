@@ -20,8 +20,8 @@ from clipcrop import (
     QueryError,
     UnreadableImageError,
 )
-from clipcrop.backbone import Backbone
-from clipcrop.model import ClipCropModel
+from clipcrop.modeling.backbone import Backbone
+from clipcrop.modeling.model import ClipCropModel
 
 ASTRONAUT = sample_photo("astronaut.png")
 HOPPER = sample_photo("grace_hopper.jpg")

@@ -45,7 +45,9 @@ def _centre(box) -> tuple[float, float]:
     return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
-@pytest.mark.parametrize(("query", "region"), [("a human face", FACE), ("a helmet", HELMET), ("a flag", FLAG)])
+@pytest.mark.parametrize(
+    ("query", "region"), [("a human face", FACE), ("a helmet", HELMET), ("a flag", FLAG)]
+)
 def test_detections_land_in_their_known_regions(cc, query, region):
     best = cc.detect(ASTRONAUT, query=query, top_k=1)[0]
     assert _inside(_centre(best.box), region), (query, best)
@@ -53,7 +55,7 @@ def test_detections_land_in_their_known_regions(cc, query, region):
 
 
 def test_top_crop_for_the_face_contains_it(cc):
-    from clipcrop.box_ops import fraction_inside_np
+    from clipcrop.ops.box_ops import fraction_inside_np
 
     result = cc.crop(ASTRONAUT, query="the astronaut's face", top_k=3)
     inside = fraction_inside_np(np.array([FACE], dtype=float), np.array(result[0].box, dtype=float))[0]
@@ -63,7 +65,7 @@ def test_top_crop_for_the_face_contains_it(cc):
 def test_text_and_image_queries_of_one_object_give_overlapping_crops(cc, tmp_path):
     from PIL import Image
 
-    from clipcrop.box_ops import iou_np
+    from clipcrop.ops.box_ops import iou_np
 
     Image.open(ASTRONAUT).convert("RGB").crop(HELMET).save(tmp_path / "helmet.png")
     text = cc.crop(ASTRONAUT, query="a helmet", top_k=1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from clipcrop.backbone import ImageFeatures
-from clipcrop.keywords import extract_keywords
-from clipcrop.selection import select_tokens, unconditioned
+from clipcrop.modeling.backbone import ImageFeatures
+from clipcrop.modeling.keywords import extract_keywords
+from clipcrop.modeling.selection import select_tokens, unconditioned
 
 
 def test_keywords_from_noun_chunks():
@@ -70,7 +70,7 @@ def test_unconditioned_is_whole_image():
 
 
 def test_degenerate_union_is_grown_inside_the_image():
-    from clipcrop.selection import ensure_min_size
+    from clipcrop.modeling.selection import ensure_min_size
 
     out = ensure_min_size(torch.tensor([1.0, 0.5, 1.0, 1.0]), 0.05)
     assert torch.allclose(out, torch.tensor([0.95, 0.5, 1.0, 1.0]))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from clipcrop.service import create_app
+from clipcrop.serve.app import create_app
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from clipcrop.errors import ModelLoadError
 from clipcrop.limits import Limits
-from clipcrop.service import create_app
+from clipcrop.serve.app import create_app
 
 ERROR_STATUSES = ("400", "401", "413", "415", "422", "429", "500", "503")
 

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from test_service import ERROR_STATUSES, assert_error, post
 
-from clipcrop.imageio import decode_bytes
+from clipcrop.io.images import decode_bytes
 from clipcrop.limits import Limits
-from clipcrop.service import create_app
+from clipcrop.serve.app import create_app
 
 
 @pytest.fixture(scope="module")

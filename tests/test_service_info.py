@@ -6,9 +6,9 @@ import threading
 
 from fastapi.testclient import TestClient
 
-from clipcrop.aspect import parse_aspect
 from clipcrop.limits import Limits
-from clipcrop.service import create_app
+from clipcrop.ops.aspect import parse_aspect
+from clipcrop.serve.app import create_app
 
 
 def test_info_reports_the_enforced_limits(tiny_cc):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipcrop.shapes import (
+from clipcrop.synthetic.shapes import (
     COLOURS,
     MAX_OVERLAP,
     SHAPES,
@@ -181,8 +181,8 @@ def test_distinct_pair_picks_objects_with_different_crops():
 
 
 def test_generated_data_is_readable_by_every_loader(tmp_path):
-    from clipcrop.datasets import load_gaic, load_textcrop
-    from clipcrop.finetune import load_detection_manifest
+    from clipcrop.data.datasets import load_gaic, load_textcrop
+    from clipcrop.training.finetune import load_detection_manifest
 
     gen = _generate_module()
     meta = gen.generate(tmp_path, seed=2, train=6, val=2, test=6)
@@ -218,7 +218,7 @@ def test_generated_data_is_readable_by_every_loader(tmp_path):
 
 
 def test_demo_renders_two_queries_per_scene(tiny_clipcrop_dir, tmp_path, capsys):
-    from clipcrop.cli import main
+    from clipcrop.cli.main import main
 
     assert (
         main(["demo-shapes", "--model", str(tiny_clipcrop_dir), "--out", str(tmp_path), "--scenes", "2"]) == 0
@@ -289,7 +289,7 @@ def test_benchmark_backbone_has_the_profile_shape(tmp_path):
     """run.py builds its OWL-ViT through make_random_owlvit with a shape of its own."""
     from transformers import OwlViTConfig
 
-    from clipcrop.random_models import make_random_owlvit
+    from clipcrop.synthetic.random_models import make_random_owlvit
 
     spec = importlib.util.spec_from_file_location("shapes_run", BENCH / "run.py")
     run = importlib.util.module_from_spec(spec)

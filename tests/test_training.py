@@ -12,9 +12,9 @@ from gaic_fixture import write_gaic
 from PIL import Image
 from safetensors.torch import load_file
 
-from clipcrop.datasets import load_gaic
+from clipcrop.data.datasets import load_gaic
 from clipcrop.errors import DatasetError, ParameterError
-from clipcrop.training import (
+from clipcrop.training.trainer import (
     LOG_FILE,
     STATE_FILE,
     TrainConfig,
@@ -54,8 +54,8 @@ def read_log(out) -> list[dict]:
 
 def test_training_learns_the_crops(gaic, tiny_backbone_dir, tmp_path):
     """Loss falls and training-set Acc1/5 and top-1 IoU rise far above the untrained decoder."""
-    from clipcrop.evaluation import evaluate_samples
-    from clipcrop.model import ClipCropModel
+    from clipcrop.evaluation.harness import evaluate_samples
+    from clipcrop.modeling.model import ClipCropModel
     from clipcrop.predictor import ClipCrop
 
     out = tmp_path / "ck"
@@ -162,10 +162,10 @@ def test_mosaic_plans_and_targets(gaic, tiny_backbone_dir, tmp_path):
 
 def test_mosaic_token_selection_is_filtered(gaic, tiny_backbone_dir, tmp_path):
     """In a mosaic, text may only select tokens near the target tile's best crop."""
-    from clipcrop.backbone import Backbone
-    from clipcrop.model import ClipCropModel
-    from clipcrop.mosaic import filter_initial_boxes
-    from clipcrop.training import ConditionSpec, TrainNet
+    from clipcrop.data.mosaic import filter_initial_boxes
+    from clipcrop.modeling.backbone import Backbone
+    from clipcrop.modeling.model import ClipCropModel
+    from clipcrop.training.trainer import ConditionSpec, TrainNet
 
     samples = load_gaic(gaic.root, "train", gaic.text_dir)
     cfg = config(gaic, tiny_backbone_dir, tmp_path, seed=1)

@@ -80,7 +80,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def servers(tiny_cc):
-    from clipcrop.service import create_app
+    from clipcrop.serve.app import create_app
 
     with (
         ThreadServer(create_app(tiny_cc, Limits())) as open_srv,
@@ -218,7 +218,7 @@ def _overlap(a: dict, b: dict) -> bool:
 
 
 def test_form_takes_the_servers_limits_and_keeps_the_queries_exclusive(browser, tiny_cc):
-    from clipcrop.service import create_app
+    from clipcrop.serve.app import create_app
 
     limits = Limits(max_file_bytes=200_000, max_query_chars=40)
     with ThreadServer(create_app(tiny_cc, limits)) as srv:

@@ -2,7 +2,7 @@
 
 ``python benchmarks/shapes/generate.py --out DATA [--seed N] [--train N] [--val N] [--test N]``
 
-Scenes come from :mod:`clipcrop.shapes` (re-exported here), scene ``i`` of world ``seed`` being
+Scenes come from :mod:`clipcrop.synthetic.shapes` (re-exported here), scene ``i`` of world ``seed`` being
 ``make_scene(i, seed)``: train scenes are ``0 .. train-1``, then val, then test. Layout of ``DATA``::
 
     scenes/{train,val,test}/sNNNNN.jpg         the scene images
@@ -19,9 +19,9 @@ Train scenes carry ``subjects`` GAIC entries each (the same picture with differe
 crops: the strongest signal that the crop must follow the text); a subject is one object, or two
 (``pair_prob``). Object texts in the detection manifests vary their article ("a red circle",
 "the red circle", "red circle"), as queries do. Text queries per test scene: two single-object
-queries whose best crops overlap little (:func:`clipcrop.shapes.distinct_pair`, the ambiguity
+queries whose best crops overlap little (:func:`clipcrop.synthetic.shapes.distinct_pair`, the ambiguity
 check's pair) and one two-object query. Manifest entries carry extra keys ``scene``, ``kind``
-(``single``/``pair``/``image``) and ``objects``, which :func:`clipcrop.datasets.load_textcrop` ignores.
+(``single``/``pair``/``image``) and ``objects``, which :func:`clipcrop.data.datasets.load_textcrop` ignores.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipcrop.shapes import (  # noqa: F401 - re-exported: the generator lives in the package
+from clipcrop.synthetic.shapes import (  # noqa: F401 - re-exported: the generator lives in the package
     COLOURS,
     SHAPES,
     Scene,

@@ -9,11 +9,11 @@ paths on it:
 1. generate scenes, detection labels, GAIC-format crops and held-out queries
    (``benchmarks/shapes/generate.py`` -> ``DIR/data``);
 2. ``finetune-backbone``: train a small OWL-ViT from scratch on the detection labels
-   (:func:`clipcrop.finetune.finetune_backbone` -> ``DIR/owlvit-shapes``);
+   (:func:`clipcrop.training.finetune.finetune_backbone` -> ``DIR/owlvit-shapes``);
 3. ``train``: ClipCrop's decoder on the GAIC-format crops, with mosaics
-   (:func:`clipcrop.training.train` -> ``DIR/clipcrop-shapes``);
+   (:func:`clipcrop.training.trainer.train` -> ``DIR/clipcrop-shapes``);
 4. ``evaluate --baselines`` on held-out scenes, for text queries and for image queries
-   (:func:`clipcrop.evaluation.evaluate_samples`), plus the ambiguity check: in scenes with two
+   (:func:`clipcrop.evaluation.harness.evaluate_samples`), plus the ambiguity check: in scenes with two
    queries about different objects (whose best crops overlap by IoU <= 0.3), do the two top-1
    crops differ (IoU < 0.5)?
 
@@ -138,7 +138,7 @@ SMALL = replace(
 def make_backbone(out: Path, tokenizer_dir: Path, p: Profile, seed: int) -> Path:
     """A randomly initialised OWL-ViT of the profile's shape, saved as an ordinary OWL-ViT folder
     (what ``clipcrop make-random-backbone`` writes, at a size between its ``tiny`` and ``small``)."""
-    from clipcrop.random_models import make_random_owlvit
+    from clipcrop.synthetic.random_models import make_random_owlvit
 
     shape = {
         "image_size": p.image_size,
@@ -162,7 +162,7 @@ def ambiguity(predictions: list[dict], entries: list[dict]) -> tuple[float, int]
     """
     import numpy as np
 
-    from clipcrop.shapes import crop_iou
+    from clipcrop.synthetic.shapes import crop_iou
 
     by_scene: dict[int, list] = {}
     for rec in predictions:
@@ -189,7 +189,7 @@ def _by_kind(result, entries: list[dict]) -> dict:
     """IoU-Mean of ClipCrop and OWL-ViT top-1 per query kind (single / pair / image)."""
     import numpy as np
 
-    from clipcrop.metrics import iou_mean_max
+    from clipcrop.evaluation.metrics import iou_mean_max
 
     out: dict[str, dict[str, list[float]]] = {}
     for rec in result.predictions:
@@ -247,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     t = stage("generate", t)
 
     # 2. the backbone: OWL-ViT from scratch, through finetune-backbone
-    from clipcrop.backbone import Backbone
-    from clipcrop.finetune import FinetuneConfig, finetune_backbone, load_detection_manifest, top1_box_iou
+    from clipcrop.modeling.backbone import Backbone
+    from clipcrop.training.finetune import (
+        FinetuneConfig,
+        finetune_backbone,
+        load_detection_manifest,
+        top1_box_iou,
+    )
 
     init = make_backbone(out / "owlvit-init", Path(args.tokenizer), profile, args.seed)
     backbone_dir = out / "owlvit-shapes"
@@ -277,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     t = stage("finetune-backbone", t)
 
     # 3. the crop decoder, with mosaics
-    from clipcrop.training import TrainConfig, train
+    from clipcrop.training.trainer import TrainConfig, train
 
     model_dir = out / "clipcrop-shapes"
     train(
@@ -302,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     t = stage("train", t)
 
     # 4. evaluate --baselines on held-out scenes
-    from clipcrop.datasets import load_textcrop
-    from clipcrop.evaluation import evaluate_samples, write_jsonl_atomic
+    from clipcrop.data.datasets import load_textcrop
+    from clipcrop.evaluation.harness import evaluate_samples, write_jsonl_atomic
     from clipcrop.predictor import ClipCrop
 
     cc = ClipCrop.from_pretrained(model_dir)

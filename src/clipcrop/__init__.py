@@ -27,9 +27,17 @@ from .limits import Limits
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .modeling.detection import Detection, DetectionResult
     from .predictor import ClipCrop, Crop, CropResult, EncodedImage
 
-_LAZY = {"ClipCrop": "predictor", "Crop": "predictor", "CropResult": "predictor", "EncodedImage": "predictor"}
+_LAZY = {
+    "ClipCrop": "predictor",
+    "Crop": "predictor",
+    "CropResult": "predictor",
+    "EncodedImage": "predictor",
+    "Detection": "modeling.detection",
+    "DetectionResult": "modeling.detection",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -46,6 +54,8 @@ __all__ = [
     "Crop",
     "CropResult",
     "EncodedImage",
+    "Detection",
+    "DetectionResult",
     "Limits",
     "ClipCropError",
     "InputError",

@@ -1,6 +1,6 @@
 """Where a model comes from, and what its ``config.json`` says, read without torch.
 
-The CLI checks its arguments before anything heavy is imported (:mod:`clipcrop.cli_checks`). For
+The CLI checks its arguments before anything heavy is imported (:mod:`clipcrop.cli.checks`). For
 that it must know whether ``--model`` names a folder on this machine or a Hub id, whether that
 folder holds a model at all, and how many crops the model ranks, since that number is the largest
 ``top_k``: ``--top-k 95`` must be refused with the same words before loading as after. All three

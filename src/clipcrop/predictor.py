@@ -25,16 +25,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .aspect import MIN_CROP_AREA, MIN_CROP_SIDE, enforce_min_size
-from .backbone import DEFAULT_BACKBONE, Backbone, ImageFeatures, describe_load_failure, is_backbone_dir
-from .box_ops import box_cxcywh_to_xyxy, fit_aspect, fraction_inside_np, nms_np, parse_aspect, round_box
-from .composition import fill_candidates, rank_candidates, salient_objects
-from .detection import DetectionResult, rank_detections
 from .errors import ModelLoadError, ParameterError, QueryError
-from .imageio import ImageSource, LoadedImage, load_image
+from .io.images import ImageSource, LoadedImage, load_image
 from .limits import Limits
-from .model import DEFAULT_SELECTION, INSIDE_BACKBONE, ClipCropModel, resolve_backbone_ref
-from .selection import Selection, condition_texts, ensure_min_size, select_tokens, unconditioned
+from .modeling.backbone import (
+    DEFAULT_BACKBONE,
+    Backbone,
+    ImageFeatures,
+    describe_load_failure,
+    is_backbone_dir,
+)
+from .modeling.composition import fill_candidates, rank_candidates, salient_objects
+from .modeling.detection import DetectionResult, rank_detections
+from .modeling.model import DEFAULT_SELECTION, INSIDE_BACKBONE, ClipCropModel, resolve_backbone_ref
+from .modeling.selection import Selection, condition_texts, ensure_min_size, select_tokens, unconditioned
+from .ops.aspect import MIN_CROP_AREA, MIN_CROP_SIDE, enforce_min_size
+from .ops.box_ops import box_cxcywh_to_xyxy, fit_aspect, fraction_inside_np, nms_np, parse_aspect, round_box
 from .validation import MAX_DETECTIONS, validate_query, validate_query_pair, validate_top_k
 
 logger = logging.getLogger(__name__)
@@ -183,13 +189,13 @@ class ClipCrop:
     """Conditioned smart cropping. Build with :meth:`from_pretrained`.
 
     Args:
-        backbone: the OWL-ViT/OWLv2 :class:`~clipcrop.backbone.Backbone`.
-        model: a trained :class:`~clipcrop.model.ClipCropModel`, or None for training-free mode.
+        backbone: the OWL-ViT/OWLv2 :class:`~clipcrop.modeling.backbone.Backbone`.
+        model: a trained :class:`~clipcrop.modeling.model.ClipCropModel`, or None for training-free mode.
         limits: input limits shared by every surface.
         nms_iou: crops overlapping a better one above this IoU are dropped, so the top-k are
             distinct alternatives (1.0 switches suppression off).
         selection: overrides of the selection settings (keys of
-            :data:`clipcrop.model.DEFAULT_SELECTION`: ``min_score``, ``prompt_template``,
+            :data:`clipcrop.modeling.model.DEFAULT_SELECTION`: ``min_score``, ``prompt_template``,
             ``object_threshold``, ...); a trained checkpoint's own settings are the base.
         min_crop_area, min_crop_side: the smallest crop returned, as a share of the image's area
             and in pixels per side (both modes; capped by the image): a sliver is never a crop.
@@ -250,7 +256,7 @@ class ClipCrop:
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPU).
             quantize: ``"int8"`` for CPU dynamic quantisation of the vision tower's MLPs
-                (:mod:`clipcrop.quantization` says why only those).
+                (:mod:`clipcrop.modeling.quantization` says why only those).
             backbone: for a trained checkpoint, load this OWL-ViT folder or Hub id instead of the
                 one the checkpoint names (for example after moving it).
             selection, min_crop_area, min_crop_side: see :class:`ClipCrop`.
@@ -271,7 +277,7 @@ class ClipCrop:
             raise ParameterError(f"quantize int8 cannot be combined with precision {precision}; use fp32")
         if quantize == "int8" and not device.startswith("cpu"):
             raise ParameterError(f"quantize int8 runs on CPU only, not on device {device!r}")
-        from .hub_access import stay_local
+        from .modeling.hub_access import stay_local
 
         local_files_only = stay_local(name, local_files_only)  # Hub unreachable: the cache, at once
         config = _read_config(name, local_files_only)
@@ -308,7 +314,7 @@ class ClipCrop:
         if dtype != torch.float32:
             backbone.model.to(dtype)
         if quantize == "int8":
-            from .quantization import quantize_int8
+            from .modeling.quantization import quantize_int8
 
             backbone.model = quantize_int8(backbone.model)
         predictor = cls(
@@ -566,7 +572,7 @@ class ClipCrop:
     def _compose(
         self, feats: ImageFeatures, selection: Selection, width: int, height: int, ratio: float | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Training-free mode: candidates around ``b_u`` scored by :mod:`clipcrop.composition`."""
+        """Training-free mode: candidates around ``b_u`` scored by :mod:`clipcrop.modeling.composition`."""
         probs = torch.sigmoid(
             feats.logits(self.backbone.embed_texts(list(OBJECT_PROMPTS)))[0].max(dim=-1).values
         )
@@ -606,7 +612,7 @@ class ClipCrop:
         Order matters: to pixels, fit the aspect ratio, grow to the minimum crop size (so ranking
         sees the final crops), suppress near-duplicates, keep ``top_k``, round to ints (keeping
         the ratio within 1 px). When the candidates hold fewer than ``top_k`` distinct crops,
-        :func:`clipcrop.composition.fill_candidates` around ``subject`` (normalised xyxy; the whole
+        :func:`clipcrop.modeling.composition.fill_candidates` around ``subject`` (normalised xyxy; the whole
         image when None) fills up, ranked after every candidate: fewer than ``top_k`` come back
         only when the image cannot hold more distinct crops.
         """

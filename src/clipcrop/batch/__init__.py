@@ -1,0 +1,1 @@
+"""Resumable, exactly-once batch cropping on Ray Data."""

@@ -1,0 +1,1 @@
+"""The ``clipcrop`` command: one module per subcommand, argument checks without torch."""

@@ -1,0 +1,120 @@
+"""Flags and report shared by the commands that run a :mod:`clipcrop.training.runloop` training loop.
+
+``clipcrop train`` (:mod:`clipcrop.cli.train`) and ``clipcrop finetune-backbone``
+(:mod:`clipcrop.cli.finetune`) take the same run-length, optimizer, checkpoint and device flags,
+and both configs name those settings alike. Defining them once keeps the two commands' flags,
+defaults and help from drifting apart; where a default or help text differs between the commands
+it is a parameter, and each command still decides where in its ``--help`` a block goes.
+
+Like every ``cli_*`` module this imports neither torch nor the model, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Protocol
+
+#: flags whose definition is the same in both commands (added by :func:`add_flags`)
+_SHARED: dict[str, dict[str, Any]] = {
+    "--max-samples": {"type": int, "metavar": "N", "help": "use the first N images only"},
+    "--weight-l1": {"type": float, "default": 5.0, "help": "L1 box loss weight (default 5)"},
+    "--weight-giou": {"type": float, "default": 2.0, "help": "GIoU loss weight (default 2)"},
+    "--cpu": {"action": "store_true", "help": "train on the CPU even when a GPU is present"},
+    "--quiet": {"action": "store_true", "help": "no progress bar"},
+}
+
+
+class _Container(Protocol):
+    """An ``ArgumentParser`` or one of its argument groups."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action: ...
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any: ...
+
+
+def add_flags(p: _Container, *names: str) -> None:
+    """Add the shared flags ``names`` (keys of ``_SHARED``), in this order."""
+    for name in names:
+        p.add_argument(name, **_SHARED[name])
+
+
+def add_schedule_flags(
+    p: _Container, *, default_epochs: int, batch_help: str, lr_help: str, grad_clip: float
+) -> None:
+    """Add the run-length and optimizer flags: ``--epochs``/``--max-steps``, ``--stop-after``,
+    ``--batch-size``, ``--lr``, ``--weight-decay``, ``--lr-schedule``, ``--warmup-steps`` and
+    ``--grad-clip``; the arguments are what the two commands say differently."""
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
+        "--epochs", type=int, metavar="N", help=f"passes over the data (default {default_epochs})"
+    )
+    length.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="stop with a checkpoint after step N (continue with --resume)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help=batch_help)
+    p.add_argument("--lr", type=float, default=1e-4, help=lr_help)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    p.add_argument(
+        "--lr-schedule", choices=["constant", "cosine", "linear"], default="cosine", help="default cosine"
+    )
+    p.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear LR warm-up")
+    p.add_argument(
+        "--grad-clip",
+        type=float,
+        default=grad_clip,
+        help=f"max gradient norm, 0 = off (default {grad_clip:g})",
+    )
+
+
+def add_checkpoint_flags(p: _Container) -> None:
+    """Add ``--save-every`` and the exclusive ``--resume``/``--overwrite``."""
+    p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (and at the end)")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
+    resume.add_argument("--overwrite", action="store_true", help="replace a checkpoint in --out")
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields that the shared flags (and ``--backbone``, ``--out``) set.
+
+    Both ``TrainConfig`` and ``FinetuneConfig`` have every one of these fields, under these names.
+    """
+    from ..modeling.backbone import DEFAULT_BACKBONE
+
+    return {
+        "backbone": args.backbone or os.environ.get("CLIPCROP_MODEL") or DEFAULT_BACKBONE,
+        "out_dir": args.out,
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "stop_after": args.stop_after,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "grad_clip": args.grad_clip,
+        "lr_schedule": args.lr_schedule,
+        "warmup_steps": args.warmup_steps,
+        "weight_l1": args.weight_l1,
+        "weight_giou": args.weight_giou,
+        "device": "cpu" if args.cpu else "auto",
+        "save_every": args.save_every,
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+        "seed": args.seed,
+        "max_samples": args.max_samples,
+        "progress": False if args.quiet else None,
+    }
+
+
+def summary(verb: str, result: Any, keys: tuple[str, ...]) -> str:
+    """The one-line report of a finished call: ``clipcrop: <verb> to step S/T in E s`` and the
+    last step's ``keys`` (e.g. the losses), so a user sees where the run stands without the log."""
+    last = result.history[-1] if result.history else None
+    line = f"clipcrop: {verb} to step {result.step}/{result.total_steps} in {result.elapsed_s:.1f} s"
+    if last is not None:
+        line += ", " + ", ".join(f"{k} {last[k]:.4f}" for k in keys)
+    return line

@@ -1,0 +1,1 @@
+"""Training data: GAIC and TextCrop readers, mosaic augmentation."""

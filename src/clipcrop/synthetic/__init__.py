@@ -1,0 +1,1 @@
+"""Synthetic worlds for tests and benchmarks: random and calibrated OWL-ViT checkpoints, shapes scenes."""

@@ -1,0 +1,2 @@
+"""Training: Hungarian matcher, set criterion, the run loop, the decoder trainer and backbone
+fine-tuning."""
