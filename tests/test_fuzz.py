@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from clipcrop.errors import ClipCropError
 from clipcrop.io.images import decode_bytes
 from clipcrop.limits import Limits
-from clipcrop.validation import parse_top_k, validate_query
+from clipcrop.validation import validate_query
 
 # Small limits keep every example cheap (a mutated header may claim a "valid" 4 MP image).
 LIMITS = Limits(max_pixels=4_000_000, decode_max_side=512)
@@ -113,13 +113,3 @@ def test_queries_raise_only_query_errors(text):
         return
     assert out == out.strip() and "  " not in out and len(out) <= LIMITS.max_query_chars
     assert validate_query(out, LIMITS) == out
-
-
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
-@given(st.text(max_size=30))
-def test_parse_top_k_raises_only_parameter_errors(text):
-    try:
-        k = parse_top_k(text, max_k=10)
-    except ClipCropError:
-        return
-    assert 1 <= k <= 10

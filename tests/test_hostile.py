@@ -44,7 +44,7 @@ from clipcrop.errors import (
 )
 from clipcrop.io.images import decode_bytes, load_image
 from clipcrop.limits import DEFAULT_LIMITS, Limits
-from clipcrop.validation import parse_top_k, validate_query, validate_query_pair, validate_top_k
+from clipcrop.validation import validate_query, validate_query_pair, validate_top_k
 
 MB = 1024 * 1024
 ids = lambda case: case.name  # noqa: E731
@@ -412,14 +412,6 @@ def test_top_k():
             validate_top_k(bad, 5)
     with pytest.raises(ValueError):
         validate_top_k(1, 0)
-    assert parse_top_k("3") == 3 and parse_top_k(" +4 ") == 4 and parse_top_k(2) == 2
-    assert parse_top_k(None) == 5 and parse_top_k("  ", 7) == 7
-    assert parse_top_k("5", max_k=5) == 5
-    for bad in ("3.0", "1e3", "0x10", "1_0", "\u0663", "-1", "0", "9" * 30, "three"):
-        with pytest.raises(ParameterError):
-            parse_top_k(bad)
-    with pytest.raises(ParameterError, match="between 1 and 5"):
-        parse_top_k("6", max_k=5)
 
 
 def test_query_pair():

@@ -10,7 +10,6 @@ Typical use, in this order::
     validate_query_pair(query, image_query)
     query = validate_query(query, limits)
     top_k = validate_top_k(top_k, limits.max_top_k or num_crops)   # library / JSON
-    top_k = parse_top_k(form_field, default, max_k=max_k)           # CLI / HTML form text
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import unicodedata
 from .errors import ParameterError, QueryError
 from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["MAX_DETECTIONS", "validate_query", "validate_top_k", "parse_top_k", "validate_query_pair"]
+__all__ = ["MAX_DETECTIONS", "validate_query", "validate_top_k", "validate_query_pair"]
 
 #: the most detections one ``detect`` call (library, CLI, ``POST /v1/detect``) returns. Not the
 #: model's number of crops: every image token is a detection (36 on the tiny test checkpoint,
@@ -35,7 +34,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s+")  # Unicode whitespace: also NBSP, U+3000, U+2028, ...
 # Characters that print nothing: format characters (zero-width space, BOM, bidi marks) and spaces.
 _INVISIBLE_CATEGORIES = frozenset({"Cf", "Zs", "Zl", "Zp"})
-_TOP_K_TEXT = re.compile(r"\+?[0-9]{1,12}")
 
 
 def validate_query(query: str | None, limits: Limits = DEFAULT_LIMITS) -> str | None:
@@ -97,7 +95,7 @@ def validate_top_k(top_k: int, max_k: int) -> int:
     """Check ``top_k``, the number of crops to return, for library and JSON callers.
 
     ``top_k`` must be an integer (``int`` or a numpy integer; ``bool``, floats and strings are
-    refused: use :func:`parse_top_k` for text) with ``1 <= top_k <= max_k``.  Resolve defaults
+    refused: the CLI and the service parse text into ints first) with ``1 <= top_k <= max_k``.  Resolve defaults
     (``None`` meaning "the default") before calling.
 
     Args:
@@ -120,42 +118,6 @@ def validate_top_k(top_k: int, max_k: int) -> int:
     if not 1 <= k <= max_k:
         raise ParameterError(f"top_k must be between 1 and {max_k}, got {k}")
     return k
-
-
-def parse_top_k(text: str | int | None, default: int = 5, *, max_k: int | None = None) -> int:
-    """Parse ``top_k`` from a CLI argument or an HTML form field.
-
-    Accepts ASCII decimal digits with an optional ``+`` and surrounding whitespace (``"3"``,
-    ``" +3 "``), or an ``int`` as is; ``None`` or a blank field gives ``default``.  Refuses
-    everything else, including ``"3.0"``, ``"1e3"``, ``"0x10"``, ``"1_000"`` and non-ASCII digits
-    that Python's ``int()`` would accept.
-
-    Args:
-        text: the raw value.
-        default: the value of an omitted (``None`` or blank) field.
-        max_k: when given, the result is also checked with :func:`validate_top_k`; otherwise it
-            only has to be >= 1.
-
-    Raises:
-        ParameterError: not a whole number, or out of range.
-    """
-    if text is None or (isinstance(text, str) and not text.strip()):
-        value: object = default
-    elif isinstance(text, str):
-        stripped = text.strip()
-        if not _TOP_K_TEXT.fullmatch(stripped):
-            shown = repr(text) if len(text) <= 20 else repr(text[:17] + "...")
-            raise ParameterError(f"top_k must be a whole number such as 3, got {shown}")
-        value = int(stripped)
-    else:
-        value = text
-    if max_k is not None:
-        return validate_top_k(value, max_k)  # type: ignore[arg-type]
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ParameterError(f"top_k must be a whole number such as 3, got {type(value).__name__}")
-    if value < 1:
-        raise ParameterError(f"top_k must be at least 1, got {int(value)}")
-    return int(value)
 
 
 def validate_query_pair(query: object, image_query: object) -> None:
