@@ -61,6 +61,19 @@ def looks_local(name: str) -> bool:
     return os.sep in name and not hub_shaped
 
 
+def folder_problem(name: str) -> str | None:
+    """Why the local path ``name`` cannot be a model folder (missing, a file, no ``config.json``),
+    as the one-line message every surface prints; None when it can be."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        return f"{name}: no such folder"
+    if not path.is_dir():
+        return f"{name}: is a file; pass the folder that holds config.json and the weights"
+    if not (path / "config.json").is_file():
+        return f"{name}: folder has no config.json; it is not a saved OWL-ViT or ClipCrop model"
+    return None
+
+
 def local_config(name: str, *, backbone_only: bool = False) -> dict:
     """``config.json`` of a local model folder, checked to be a model ClipCrop can load.
 
@@ -73,16 +86,10 @@ def local_config(name: str, *, backbone_only: bool = False) -> dict:
         ModelLoadError: no such folder, a file, no or invalid ``config.json``, or another kind of
             model; the message says which.
     """
-    path = Path(name).expanduser()
-    if not path.exists():
-        raise ModelLoadError(f"{name}: no such folder")
-    if not path.is_dir():
-        raise ModelLoadError(f"{name}: is a file; pass the folder that holds config.json and the weights")
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        raise ModelLoadError(
-            f"{name}: folder has no config.json; it is not a saved OWL-ViT or ClipCrop model"
-        )
+    problem = folder_problem(name)
+    if problem:
+        raise ModelLoadError(problem)
+    cfg = Path(name).expanduser() / "config.json"
     try:
         config = json.loads(cfg.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

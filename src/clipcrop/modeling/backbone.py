@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ModelLoadError
+from ..model_source import folder_problem
 from ..ops.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 
 logger = logging.getLogger(__name__)
@@ -385,18 +386,11 @@ def describe_load_failure(name: str, exc: BaseException) -> str:
     """A message that says what failed to load, why, and what to do next."""
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     looks_local = name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub_id(name)
-    path = Path(name).expanduser()
-    if path.exists():
-        if path.is_dir():
-            missing = [f for f in ("config.json",) if not (path / f).exists()]
-            if missing:
-                return (
-                    f"{name}: folder has no {', '.join(missing)}; it is not a saved OWL-ViT or ClipCrop model"
-                )
-            return f"{name}: cannot load the model in this folder ({type(exc).__name__}: {exc})"
-        return f"{name}: is a file; pass the folder that holds config.json and the weights"
-    if looks_local:
-        return f"{name}: no such folder"
+    if Path(name).expanduser().exists() or looks_local:
+        return (
+            folder_problem(name)
+            or f"{name}: cannot load the model in this folder ({type(exc).__name__}: {exc})"
+        )
     from . import hub_access
 
     text = f"{type(exc).__name__}: {exc}"
