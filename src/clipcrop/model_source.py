@@ -33,6 +33,7 @@ CHECKPOINT_MARKER = "clipcrop_format"
 __all__ = [
     "DEFAULT_BACKBONE",
     "DEFAULT_NUM_CROPS",
+    "is_clipcrop_checkpoint",
     "model_name",
     "looks_local",
     "local_config",
@@ -41,6 +42,13 @@ __all__ = [
     "num_crops",
     "max_top_k",
 ]
+
+
+def is_clipcrop_checkpoint(config: dict | None) -> bool:
+    """Whether ``config`` (a ``config.json``) is a trained ClipCrop checkpoint's rather than plain
+    OWL-ViT/OWLv2 weights': :meth:`clipcrop.modeling.model.ClipCropModel.save_pretrained` writes the
+    :data:`CHECKPOINT_MARKER` key into every checkpoint. The one test of the mode a model runs in."""
+    return isinstance(config, dict) and CHECKPOINT_MARKER in config
 
 
 def model_name(name: str | os.PathLike | None) -> str:
@@ -101,7 +109,7 @@ def local_config(name: str, *, backbone_only: bool = False) -> dict:
             f"{name!r} is a {config.get('model_type')!r} model; ClipCrop needs an OWL-ViT or OWLv2 "
             f"detection checkpoint (for example {DEFAULT_BACKBONE!r})"
         )
-    if CHECKPOINT_MARKER not in config and config.get("model_type") not in MODEL_TYPES:
+    if not is_clipcrop_checkpoint(config) and config.get("model_type") not in MODEL_TYPES:
         raise ModelLoadError(
             f"{name!r} is neither an OWL-ViT/OWLv2 checkpoint nor a ClipCrop checkpoint "
             f"(config.json has model_type={config.get('model_type')!r})"
@@ -138,7 +146,7 @@ def model_config(name: str) -> dict | None:
 def num_crops(config: dict | None) -> int:
     """M, the crops the model described by ``config`` ranks: a ClipCrop checkpoint's
     ``decoder.num_queries``, else :data:`DEFAULT_NUM_CROPS`."""
-    if config and CHECKPOINT_MARKER in config:
+    if is_clipcrop_checkpoint(config):
         decoder = config.get("decoder")
         n = decoder.get("num_queries") if isinstance(decoder, dict) else None
         if isinstance(n, int) and not isinstance(n, bool) and n >= 1:

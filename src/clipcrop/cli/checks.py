@@ -139,7 +139,13 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def _check_model(args: argparse.Namespace) -> dict | None:
     """The model's config as far as it is known here (None: a Hub id not in the cache)."""
-    from ..model_source import CHECKPOINT_MARKER, cached_hub_config, local_config, looks_local, model_name
+    from ..model_source import (
+        cached_hub_config,
+        is_clipcrop_checkpoint,
+        local_config,
+        looks_local,
+        model_name,
+    )
 
     backbone = getattr(args, "backbone", None)
     # train, finetune-backbone: the OWL-ViT/OWLv2 weights to start from (default $CLIPCROP_MODEL);
@@ -157,7 +163,7 @@ def _check_model(args: argparse.Namespace) -> dict | None:
         return None
     else:
         config = local_config(name)
-    if backbone is not None and config is not None and CHECKPOINT_MARKER not in config:
+    if backbone is not None and config is not None and not is_clipcrop_checkpoint(config):
         raise ParameterError(
             f"--backbone is for trained ClipCrop checkpoints; {name!r} is an OWL-ViT model itself "
             "(drop --backbone, or pass those weights as --model)"

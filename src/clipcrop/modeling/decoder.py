@@ -12,47 +12,14 @@ added to ``b_u`` (eq. 3), and a quality-score logit per crop.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..ops.box_ops import box_xyxy_to_cxcywh
+from .decoder_config import DecoderConfig
 
 MIN_SIZE = 1e-3
-
-
-@dataclass
-class DecoderConfig:
-    """Sizes of the crop decoder. Stored in the checkpoint's ``config.json``.
-
-    Attributes:
-        input_dim: D, the backbone's image-token width.
-        d_model: decoder width.
-        num_queries: M, crops predicted per image (90 in the paper, following Jia et al.).
-        num_layers, num_heads, ffn_dim, dropout: transformer sizes. DETR uses 6 layers and a
-            2048-wide feed-forward; 4 layers and 512 keep a repeated query on an encoded image
-            (decoder only: its image-side keys/values are cached) under 2% of a full crop on CPU.
-    """
-
-    input_dim: int = 768
-    d_model: int = 256
-    num_queries: int = 90
-    num_layers: int = 4
-    num_heads: int = 8
-    ffn_dim: int = 512
-    dropout: float = 0.1
-
-    @classmethod
-    def from_dict(cls, data: dict | DecoderConfig | None) -> DecoderConfig:
-        if isinstance(data, DecoderConfig):
-            return data
-        known = {k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class MLP(nn.Module):

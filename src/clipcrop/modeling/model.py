@@ -2,7 +2,8 @@
 
 A ClipCrop checkpoint is a folder written by ``huggingface_hub``'s ``PyTorchModelHubMixin``:
 ``config.json`` (the decoder's sizes, the selection settings and the backbone's name, plus the
-marker ``"clipcrop_format"``), ``model.safetensors`` (decoder weights) and a model card
+marker ``"clipcrop_format"``, :data:`clipcrop.model_source.CHECKPOINT_MARKER`, by which
+:func:`clipcrop.model_source.is_clipcrop_checkpoint` tells it from plain OWL-ViT weights), ``model.safetensors`` (decoder weights) and a model card
 ``README.md``. A fine-tuned backbone may be saved inside it as ``backbone/``; otherwise the
 backbone named in the config is loaded from the Hub or its folder.
 """
@@ -17,7 +18,10 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .decoder import CropDecoder, DecoderConfig
+from ..errors import ParameterError
+from ..model_source import CHECKPOINT_MARKER
+from .decoder import CropDecoder
+from .decoder_config import DecoderConfig
 
 CHECKPOINT_FORMAT = "clipcrop/1"
 #: OWL-ViT was trained on prompts like "a photo of a cat" (its ensembles average such templates),
@@ -39,6 +43,22 @@ DEFAULT_SELECTION = {
     # count as "other objects" a crop should not cut: OWL-ViT's documented 0.1 for text queries
     "object_threshold": 0.1,
 }
+
+
+def check_selection(selection: dict | None) -> dict:
+    """``selection`` (overrides of :data:`DEFAULT_SELECTION`) as a dict, checked for unknown keys.
+
+    Raises:
+        ParameterError: a key that is not a selection setting (a typo would otherwise be ignored).
+    """
+    unknown = set(selection or {}) - set(DEFAULT_SELECTION)
+    if unknown:
+        raise ParameterError(
+            f"unknown selection settings: {', '.join(sorted(unknown))} (known: {', '.join(DEFAULT_SELECTION)})"
+        )
+    return dict(selection or {})
+
+
 #: the paper's ablation variants (section 4.6) as selection settings
 VARIANTS = {
     "full": {"use_text": True, "use_full_text": True, "use_keywords": True},
@@ -63,8 +83,11 @@ class ClipCropModel(
         selection: token-selection settings (``min_score``, ``max_keywords``, ``use_full_text``,
             ``use_keywords``, ``use_text``: the paper's ``full``/``key``/``main``/``base`` variants,
             see :data:`VARIANTS`).
-        clipcrop_format: checkpoint format marker; how :func:`clipcrop.predictor.ClipCrop.from_pretrained`
-            tells a ClipCrop checkpoint from a plain OWL-ViT folder.
+        clipcrop_format: checkpoint format version, saved under
+            :data:`~clipcrop.model_source.CHECKPOINT_MARKER` (how a ClipCrop checkpoint is told from a
+            plain OWL-ViT folder: :func:`~clipcrop.model_source.is_clipcrop_checkpoint`).
+
+    Build a new one with :func:`clipcrop.build.build_model`; a saved one loads with ``from_pretrained``.
     """
 
     def __init__(
@@ -114,7 +137,7 @@ class ClipCropModel(
             "backbone": self.backbone_name,
             "decoder": self.decoder_config.to_dict(),
             "selection": dict(self.selection),
-            "clipcrop_format": self.clipcrop_format,
+            CHECKPOINT_MARKER: self.clipcrop_format,
             **self.extra,
         }
 

@@ -9,13 +9,14 @@ match is a better guess than the whole image. ``b_u`` is the union of the kept b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..ops.box_ops import union_box
 from .backbone import ImageFeatures
+from .model import DEFAULT_SELECTION
 
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 #: smallest side of ``b_u`` as a fraction of the image: a degenerate box (a token whose box
@@ -76,7 +77,7 @@ def select_tokens(
     query_embeds: torch.Tensor,
     labels: list[str],
     *,
-    min_score: float = 0.05,
+    min_score: float = DEFAULT_SELECTION["min_score"],
     token_mask: torch.Tensor | None = None,
 ) -> Selection:
     """Select one image token per condition embedding.
@@ -117,25 +118,61 @@ def condition_texts(text: str, settings: Mapping) -> tuple[list[str], list[str]]
 
     The one place that turns a query into texts, shared by the predictor and the trainer so
     training and inference cannot drift apart. ``settings`` are the selection settings
-    (:data:`clipcrop.modeling.model.DEFAULT_SELECTION`'s keys).
+    (:data:`clipcrop.modeling.model.DEFAULT_SELECTION`'s keys; missing ones take its values).
 
     Returns:
         (texts to embed, labels): labels are ``"full text"`` or the bare keyword.
     """
     from .keywords import extract_keywords
 
-    keywords = (
-        list(extract_keywords(text, int(settings.get("max_keywords", 8))))
-        if settings.get("use_keywords", True)
-        else []
-    )
-    template = settings.get("prompt_template") or "{}"
+    settings = {**DEFAULT_SELECTION, **settings}
+    keywords = list(extract_keywords(text, int(settings["max_keywords"]))) if settings["use_keywords"] else []
+    template = settings["prompt_template"] or "{}"
     texts: list[str] = []
     labels: list[str] = []
-    if settings.get("use_full_text", True) or not keywords:
+    if settings["use_full_text"] or not keywords:
         texts.append(text)
         labels.append("full text")
     for keyword in keywords:
         texts.append(template.format(keyword))
         labels.append(keyword)
     return texts, labels
+
+
+@dataclass
+class DecoderInputs:
+    """The condition side of the decoder's input for a batch of B selections
+    (:meth:`clipcrop.modeling.decoder.CropDecoder.forward`'s ``condition``, ``has_condition``, ``union``).
+
+    Attributes:
+        condition: (B, D) mean of each selection's tokens; zeros where unconditioned (the decoder
+            uses its learned "no condition" vector there).
+        has_condition: (B,) bool.
+        union: (B, 4) ``b_u``, normalised xyxy (the whole image where unconditioned).
+    """
+
+    condition: torch.Tensor
+    has_condition: torch.Tensor
+    union: torch.Tensor
+
+
+def decoder_inputs(
+    selections: Sequence[Selection], tokens: torch.Tensor, token_boxes: torch.Tensor
+) -> DecoderInputs:
+    """Turn B selections into the decoder's condition inputs.
+
+    The one place that does so, shared by the predictor and the trainer, so that training and
+    inference feed the decoder alike.
+
+    Args:
+        selections: one per image of the batch.
+        tokens: (B, N, D) the batch's image tokens: width, dtype and device of ``condition``.
+        token_boxes: (B, N, 4) their boxes, normalised xyxy: dtype and device of ``union``.
+    """
+    d = tokens.shape[-1]
+    condition = torch.stack(
+        [s.mean_token if s.mean_token is not None else tokens.new_zeros(d) for s in selections]
+    )
+    has_condition = torch.tensor([s.conditioned for s in selections], device=tokens.device)
+    union = torch.stack([s.union.to(token_boxes) for s in selections])
+    return DecoderInputs(condition, has_condition, union)
