@@ -107,7 +107,7 @@ def test_published_training_checkpoints_and_random_backbones_follow_the_umask(um
     from conftest import DATA
 
     from clipcrop.synthetic.random_models import make_random_owlvit
-    from clipcrop.training.runloop import checkpoint_tmp_dir, publish_complete
+    from clipcrop.training.checkpoints import checkpoint_tmp_dir, publish_complete
 
     want = 0o666 & ~umask
     out = tmp_path / "ckpt"

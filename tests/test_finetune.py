@@ -11,23 +11,15 @@ import torch
 from conftest import TINY_DECODER
 from safetensors.torch import load_file
 
+from clipcrop.data.detection import class_key, load_detection_manifest
 from clipcrop.errors import DatasetError, ParameterError
+from clipcrop.evaluation.detection import top1_box_iou
 from clipcrop.modeling.backbone import Backbone
 from clipcrop.synthetic.shapes import describe, gaic_annotation, make_scene
-from clipcrop.training.finetune import (
-    HEAD_PRIOR_PROB,
-    LOG_FILE,
-    STATE_FILE,
-    DetectionLoss,
-    FinetuneConfig,
-    class_key,
-    finetune_backbone,
-    heads_saturated,
-    init_detection_heads,
-    load_detection_manifest,
-    sigmoid_focal_loss,
-    top1_box_iou,
-)
+from clipcrop.training.detection_heads import HEAD_PRIOR_PROB, heads_saturated, init_detection_heads
+from clipcrop.training.detection_loss import DetectionLoss, sigmoid_focal_loss
+from clipcrop.training.finetune import finetune_backbone
+from clipcrop.training.finetune_config import LOG_FILE, STATE_FILE, FinetuneConfig
 from clipcrop.training.matcher import HungarianMatcher
 
 
@@ -132,10 +124,11 @@ def test_zoom_windows_cut_no_object_and_targets_follow(scenes_dir, tiny_backbone
     from clipcrop.training.finetune import Finetuner
 
     ft = Finetuner(cfg(scenes_dir, tiny_backbone_dir, tmp_path / "z", zoom=1.0, hflip=False, batch_size=8))
-    _, _, windows, _ = ft.step_plan(0)
+    windows = ft.data.step_plan(0).windows
     assert sum(w is not None for w in windows) >= 6
-    images, texts, targets = ft.batch(0, 96)
-    idx = ft.step_plan(0)[0]
+    batch = ft.data.batch(0, 96)
+    images, texts, targets = batch.images, batch.texts, batch.targets
+    idx = ft.data.step_plan(0).indices
     for i, window, image, target in zip(idx, windows, images, targets, strict=True):
         if window is None:
             continue
@@ -336,7 +329,8 @@ def test_output_is_an_ordinary_owlvit_folder(finetuned, raw_backbone_dir, scenes
 
 def test_clipcrop_trains_on_the_finetuned_backbone(finetuned, scenes_dir, tmp_path):
     from clipcrop import ClipCrop
-    from clipcrop.training.trainer import TrainConfig, train
+    from clipcrop.training.config import TrainConfig
+    from clipcrop.training.trainer import train
 
     out, _ = finetuned
     decoder = {k: v for k, v in TINY_DECODER.items() if k != "input_dim"}
@@ -380,7 +374,7 @@ def test_resume_continues_exactly(scenes_dir, tiny_backbone_dir, tmp_path):
 
 
 def test_resume_with_more_steps_extends_the_schedule(scenes_dir, tiny_backbone_dir, tmp_path):
-    from clipcrop.training.trainer import LRSchedule
+    from clipcrop.training.schedule import LRSchedule
 
     out = tmp_path / "extend"
     finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, out, max_steps=4))

@@ -45,7 +45,8 @@ def gaic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(gaic, tiny_backbone_dir, tmp_path_factory):
-    from clipcrop.training.trainer import TrainConfig, train
+    from clipcrop.training.config import TrainConfig
+    from clipcrop.training.trainer import train
 
     out = tmp_path_factory.mktemp("card") / "ck"
     decoder = {k: v for k, v in TINY_DECODER.items() if k != "input_dim"}

@@ -172,7 +172,8 @@ def test_batch_takes_backbone(moved, monkeypatch, tmp_path):
 
 
 def train_once(gaic, backbone: Path, out: Path, **changes):
-    from clipcrop.training.trainer import TrainConfig, train
+    from clipcrop.training.config import TrainConfig
+    from clipcrop.training.trainer import train
 
     config = TrainConfig(
         gaic_root=str(gaic.root),

@@ -182,7 +182,7 @@ def test_distinct_pair_picks_objects_with_different_crops():
 
 def test_generated_data_is_readable_by_every_loader(tmp_path):
     from clipcrop.data.datasets import load_gaic, load_textcrop
-    from clipcrop.training.finetune import load_detection_manifest
+    from clipcrop.data.detection import load_detection_manifest
 
     gen = _generate_module()
     meta = gen.generate(tmp_path, seed=2, train=6, val=2, test=6)

@@ -14,15 +14,10 @@ from safetensors.torch import load_file
 
 from clipcrop.data.datasets import load_gaic
 from clipcrop.errors import DatasetError, ParameterError
-from clipcrop.training.trainer import (
-    LOG_FILE,
-    STATE_FILE,
-    TrainConfig,
-    TrainingData,
-    publish_checkpoint,
-    recover_checkpoint_dir,
-    train,
-)
+from clipcrop.training.checkpoints import publish_checkpoint, recover_checkpoint_dir
+from clipcrop.training.config import LOG_FILE, STATE_FILE, TrainConfig
+from clipcrop.training.planning import TrainingData
+from clipcrop.training.trainer import train
 
 DECODER = {k: v for k, v in TINY_DECODER.items() if k != "input_dim"}
 
@@ -165,7 +160,7 @@ def test_mosaic_token_selection_is_filtered(gaic, tiny_backbone_dir, tmp_path):
     from clipcrop.data.mosaic import filter_initial_boxes
     from clipcrop.modeling.backbone import Backbone
     from clipcrop.modeling.model import ClipCropModel
-    from clipcrop.training.trainer import ConditionSpec, TrainNet
+    from clipcrop.training.net import ConditionSpec, TrainNet
 
     samples = load_gaic(gaic.root, "train", gaic.text_dir)
     cfg = config(gaic, tiny_backbone_dir, tmp_path, seed=1)

@@ -247,13 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     t = stage("generate", t)
 
     # 2. the backbone: OWL-ViT from scratch, through finetune-backbone
+    from clipcrop.data.detection import load_detection_manifest
+    from clipcrop.evaluation.detection import top1_box_iou
     from clipcrop.modeling.backbone import Backbone
-    from clipcrop.training.finetune import (
-        FinetuneConfig,
-        finetune_backbone,
-        load_detection_manifest,
-        top1_box_iou,
-    )
+    from clipcrop.training.finetune import finetune_backbone
+    from clipcrop.training.finetune_config import FinetuneConfig
 
     init = make_backbone(out / "owlvit-init", Path(args.tokenizer), profile, args.seed)
     backbone_dir = out / "owlvit-shapes"
@@ -282,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     t = stage("finetune-backbone", t)
 
     # 3. the crop decoder, with mosaics
-    from clipcrop.training.trainer import TrainConfig, train
+    from clipcrop.training.config import TrainConfig
+    from clipcrop.training.trainer import train
 
     model_dir = out / "clipcrop-shapes"
     train(

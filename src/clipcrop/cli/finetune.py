@@ -1,6 +1,6 @@
 """``clipcrop finetune-backbone --data MANIFEST.jsonl --backbone NAME_OR_DIR --out DIR ...``
 
-Parses flags into a :class:`clipcrop.training.finetune.FinetuneConfig` and calls
+Parses flags into a :class:`clipcrop.training.finetune_config.FinetuneConfig` and calls
 :func:`clipcrop.training.finetune.finetune_backbone`. The output folder is an ordinary OWL-ViT checkpoint:
 pass it to ``clipcrop train --backbone`` or ``clipcrop crop --model``; ``--resume`` continues it
 exactly. Progress goes to stderr (a bar when stderr is a terminal), the output folder to stdout.
@@ -59,8 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """CLI flags -> :class:`clipcrop.training.finetune.FinetuneConfig` (validated)."""
-    from ..training.finetune import FinetuneConfig
+    """CLI flags -> :class:`clipcrop.training.finetune_config.FinetuneConfig` (validated)."""
+    from ..training.finetune_config import FinetuneConfig
     from .checks import validated
 
     config = FinetuneConfig(

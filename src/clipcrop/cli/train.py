@@ -1,6 +1,6 @@
 """``clipcrop train --gaic-root DIR --text-annotations DIR --backbone NAME_OR_DIR --out CKPT_DIR ...``
 
-Parses flags into a :class:`clipcrop.training.trainer.TrainConfig` and calls :func:`clipcrop.training.trainer.train`.
+Parses flags into a :class:`clipcrop.training.config.TrainConfig` and calls :func:`clipcrop.training.trainer.train`.
 Several GPUs: ``accelerate launch -m clipcrop.cli train ...``. The checkpoint folder can be passed
 to ``clipcrop crop/evaluate --model``; ``--resume`` continues it exactly.
 """
@@ -90,8 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """CLI flags -> :class:`clipcrop.training.trainer.TrainConfig` (validated)."""
-    from ..training.trainer import TrainConfig
+    """CLI flags -> :class:`clipcrop.training.config.TrainConfig` (validated)."""
+    from ..training.config import TrainConfig
     from .checks import validated
 
     config = TrainConfig(

@@ -1,1 +1,1 @@
-"""Training data: GAIC and TextCrop readers, mosaic augmentation."""
+"""Training and evaluation data: GAIC and TextCrop readers, detection manifests, mosaic augmentation."""

@@ -1,32 +1,25 @@
-"""The plumbing of a checkpointed, resumable training run, shared by both of ClipCrop's trainers.
+"""The loop of a checkpointed, resumable training run, shared by both of ClipCrop's trainers.
 
-:mod:`clipcrop.training.trainer` (the crop decoder) and :mod:`clipcrop.training.finetune` (the OWL-ViT backbone)
-differ in what a step computes and in what a checkpoint holds, not in how a run is driven. That
-part lives here, once, so that the two commands cannot drift apart in what users rely on: when an
-output folder is refused or reused, how a checkpoint is published, and that ``resume`` continues
-bit-exactly.
+:mod:`clipcrop.training.trainer` (the crop decoder) and :mod:`clipcrop.training.finetune` (the
+OWL-ViT backbone) differ in what a step computes and in what a checkpoint holds, not in how a run
+is driven. That part lives here and beside it, once, so that the two commands cannot drift apart
+in what users rely on:
 
-* Output folder: :func:`prepare_out_dir` refuses to replace a checkpoint unless told and reads the
-  saved state on resume; :func:`recover_checkpoint_dir` repairs a save that a crash interrupted.
-* Checkpoints are written into a temporary sibling (:func:`checkpoint_tmp_dir`) and swapped in
-  (:func:`publish_complete`, :func:`publish_checkpoint`), with the RNG states
-  (:func:`rng_state`, :func:`set_rng_state`) and the optimizer and LR schedule
-  (:class:`LRSchedule`, :func:`restore_optimizer`) that an exact continuation needs.
-* The loop around the steps (:class:`StepLoop`): the JSON-lines log (:class:`StepLog`), the
+* settings both configs spell alike (:func:`check_run_length`, :func:`warn_changed_settings`);
+* the output folder and checkpoint publishing (:mod:`clipcrop.training.checkpoints`) and the LR
+  schedule (:mod:`clipcrop.training.schedule`);
+* the RNG states an exact continuation needs (:func:`rng_state`, :func:`set_rng_state`);
+* the loop around the steps (:class:`StepLoop`): the JSON-lines log (:class:`StepLog`), the
   progress bar (:func:`progress_bar`), ``on_step``, the save cadence and the final save; what a
   call did (:class:`RunResult`).
-
-Helpers that warn take the caller's logger, so messages keep naming the run that wrote them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -38,23 +31,14 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
-from ..io.atomic_files import apply_umask
 
 logger = logging.getLogger(__name__)
 
-LR_SCHEDULES = ("constant", "cosine", "linear")
 #: settings that say how long a run goes, where it writes and how it reports, not what it
 #: computes: resuming with other values is still an exact continuation
 RUN_ONLY_SETTINGS = frozenset(
     {"resume", "overwrite", "max_steps", "epochs", "stop_after", "save_every", "progress", "out_dir"}
 )
-#: written last into a temporary checkpoint folder: a folder without it is a half-written save
-_COMPLETE = ".complete"
-#: names in a checkpoint folder that belong to the checkpoint (replaced as a whole at each save).
-#: ``training_state.pt`` is :data:`clipcrop.training.trainer.STATE_FILE`; fine-tuning's state file is not
-#: listed, as it never was: every save writes it anew, and listing it would change which stray
-#: files of a reused folder survive a save.
-_CHECKPOINT_NAMES = ("config.json", "model.safetensors", "README.md", "training_state.pt", "backbone")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -63,8 +47,8 @@ _CHECKPOINT_NAMES = ("config.json", "model.safetensors", "README.md", "training_
 def check_run_length(config: Any) -> None:
     """Raise :class:`ParameterError` unless the run's length and batch settings are usable.
 
-    ``config`` is a :class:`~clipcrop.training.trainer.TrainConfig` or
-    :class:`~clipcrop.training.finetune.FinetuneConfig`: both spell these settings the same way, so both
+    ``config`` is a :class:`~clipcrop.training.config.TrainConfig` or
+    :class:`~clipcrop.training.finetune_config.FinetuneConfig`: both spell these settings the same way, so both
     refuse them with the same words.
     """
     for name in ("epochs", "max_steps", "stop_after", "save_every", "max_samples"):
@@ -89,162 +73,7 @@ def warn_changed_settings(
         log.warning("resuming with changed settings (%s): not an exact continuation", ", ".join(changed))
 
 
-# ----------------------------------------------------------------------------- output folder
-
-
-@dataclass(frozen=True)
-class RunFiles:
-    """What one kind of run keeps in its output folder, and how its messages name it.
-
-    Attributes:
-        state_file: optimizer, schedule, step and RNG states (``torch.save``).
-        log_file: the JSON-lines log.
-        state_format: the ``format`` value of the state, so one kind never resumes the other's.
-        kind: the run in messages ("not a ClipCrop <kind> state").
-        rerun: the verb of the hint after a failed resume ("<rerun> without --resume first").
-    """
-
-    state_file: str
-    log_file: str
-    state_format: str
-    kind: str
-    rerun: str
-
-
-def load_state(path: Path) -> dict:
-    """Read a saved run state on the CPU; ``weights_only`` since the folder may not be the user's own."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def holds_checkpoint(out_dir: Path, state_file: str) -> bool:
-    """Does ``out_dir`` hold a model (``config.json``) or a run state named ``state_file``?"""
-    return (out_dir / "config.json").is_file() or (out_dir / state_file).is_file()
-
-
-def prepare_out_dir(
-    out_dir: Path, files: RunFiles, *, resume: bool, overwrite: bool, log: logging.Logger
-) -> dict | None:
-    """Check the output folder against resume/overwrite; return the saved state when resuming.
-
-    An interrupted save is repaired first, so that both the check and a resume see the last
-    complete checkpoint. Nothing is deleted here: a fresh run clears what it replaces itself.
-
-    Raises:
-        ParameterError: the folder is a file; ``resume`` without a state of this kind; a checkpoint
-            there without ``resume`` or ``overwrite``.
-    """
-    recover_checkpoint_dir(out_dir, log=log)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ParameterError(f"{out_dir}: exists and is not a folder")
-    if resume:
-        state_file = out_dir / files.state_file
-        if not state_file.is_file():
-            raise ParameterError(
-                f"cannot resume: {state_file} not found ({files.rerun} without --resume first)"
-            )
-        state = load_state(state_file)
-        if state.get("format") != files.state_format:
-            raise ParameterError(f"{state_file}: not a ClipCrop {files.kind} state")
-        return state
-    if holds_checkpoint(out_dir, files.state_file) and not overwrite:
-        raise ParameterError(
-            f"{out_dir} already holds a checkpoint; pass --resume to continue it, "
-            "--overwrite to replace it, or another --out"
-        )
-    return None
-
-
-def _is_checkpoint_entry(name: str) -> bool:
-    return name in _CHECKPOINT_NAMES or (name.startswith("rng_state_") and name.endswith(".pt"))
-
-
-def clear_checkpoint(out_dir: Path) -> None:
-    """Remove the checkpoint files of ``out_dir`` (``overwrite``), keeping anything else."""
-    if not out_dir.is_dir():
-        return
-    for entry in out_dir.iterdir():
-        if _is_checkpoint_entry(entry.name):
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-
-
-def recover_checkpoint_dir(out_dir: Path, *, log: logging.Logger = logger) -> None:
-    """Finish or undo a checkpoint swap that was interrupted (see :func:`publish_checkpoint`).
-
-    ``log`` gets the warning when a complete save is finished, so it names the run that repairs.
-    """
-    parent, name = out_dir.parent, out_dir.name
-    if not parent.is_dir():
-        return
-    temps = sorted(parent.glob(f".{name}.tmp-*"))
-    complete = [t for t in temps if (t / _COMPLETE).is_file()]
-    for t in temps:
-        if t not in complete[-1:]:
-            shutil.rmtree(t, ignore_errors=True)
-    olds = sorted(parent.glob(f".{name}.old-*"))
-    if complete:
-        log.warning("finishing an interrupted checkpoint save: %s", complete[-1])
-        if not out_dir.exists() and olds:
-            os.replace(olds[-1], out_dir)
-            olds = olds[:-1]
-        publish_checkpoint(complete[-1], out_dir)
-    elif not out_dir.exists() and olds:
-        os.replace(olds[-1], out_dir)
-        olds = olds[:-1]
-    for old in olds:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------- saving
-
-
-def checkpoint_tmp_dir(out_dir: Path, step: int, *, create: bool = True) -> Path:
-    """The temporary sibling of ``out_dir`` that the checkpoint of ``step`` is written into.
-
-    A leftover of an earlier attempt at the same step is replaced when ``create``; with several
-    processes only one creates it (the others only need the path).
-    """
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{step}"
-    if create:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    return tmp
-
-
-def publish_complete(tmp: Path, out_dir: Path, step: int, log: logging.Logger) -> None:
-    """Mark the fully written checkpoint in ``tmp`` complete and make it ``out_dir``'s content.
-
-    The marker comes last so that :func:`recover_checkpoint_dir` can tell a save that was only
-    interrupted while swapping (finish it) from a half-written one (drop it). Every file gets
-    the permissions the umask gives first (safetensors and copied files do not: see
-    :func:`clipcrop.io.atomic_files.apply_umask`).
-    """
-    apply_umask(tmp)
-    (tmp / _COMPLETE).write_text(str(step))
-    publish_checkpoint(tmp, out_dir)
-    log.info("saved checkpoint at step %d to %s", step, out_dir)
-
-
-def publish_checkpoint(tmp: Path, out_dir: Path) -> None:
-    """Make the complete checkpoint in ``tmp`` the content of ``out_dir``.
-
-    Files of ``out_dir`` that are not part of a checkpoint (the log, user files) move into it
-    first; then two renames swap the folders. Readers see the old or the new checkpoint, never a
-    mix; a crash in between is repaired by :func:`recover_checkpoint_dir`.
-    """
-    if out_dir.exists():
-        for entry in out_dir.iterdir():
-            if not _is_checkpoint_entry(entry.name) and not (tmp / entry.name).exists():
-                os.replace(entry, tmp / entry.name)
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-    (out_dir / _COMPLETE).unlink(missing_ok=True)
+# ----------------------------------------------------------------------------- RNG states
 
 
 def rng_state() -> dict:
@@ -269,57 +98,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------- LR schedule
-
-
-class LRSchedule:
-    """Multiplier of the base LR at a step: linear warm-up, then constant / cosine / linear decay."""
-
-    def __init__(self, kind: str, total_steps: int, warmup_steps: int = 0) -> None:
-        self.kind = kind
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-
-    @classmethod
-    def for_config(cls, config: Any, total_steps: int) -> LRSchedule:
-        """The schedule of a run set up by ``config`` (``lr_schedule``, ``warmup_steps``).
-
-        Always a new object: a scheduler's own schedule takes the saved run's settings when its
-        state is loaded, and :func:`restore_optimizer` needs one with this run's.
-        """
-        return cls(config.lr_schedule, total_steps, config.warmup_steps)
-
-    def __call__(self, step: int) -> float:
-        if self.warmup_steps and step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.kind == "constant":
-            return 1.0
-        span = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        if self.kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress
-
-
-def restore_optimizer(
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
-    state: dict,
-    schedule: LRSchedule,
-) -> None:
-    """Load the saved optimizer and LR-scheduler states, then run on ``schedule`` from here.
-
-    ``load_state_dict`` restores the saved schedule's settings into the scheduler's own
-    :class:`LRSchedule`; this run's length wins (a longer ``max_steps`` extends the schedule from
-    the current step), so ``schedule`` must be a new object built from this run's settings.
-    """
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
-    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-        group["lr"] = base_lr * schedule(scheduler.last_epoch)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -507,24 +285,12 @@ class StepLoop:
 
 
 __all__ = [
-    "LR_SCHEDULES",
     "RUN_ONLY_SETTINGS",
-    "LRSchedule",
-    "RunFiles",
     "RunResult",
     "StepLog",
     "StepLoop",
     "check_run_length",
-    "checkpoint_tmp_dir",
-    "clear_checkpoint",
-    "holds_checkpoint",
-    "load_state",
-    "prepare_out_dir",
     "progress_bar",
-    "publish_checkpoint",
-    "publish_complete",
-    "recover_checkpoint_dir",
-    "restore_optimizer",
     "rng_state",
     "set_rng_state",
     "step_record",

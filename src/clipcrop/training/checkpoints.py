@@ -1,0 +1,200 @@
+"""A run's output folder: refused or reused on purpose, checkpoints published whole, crashes repaired.
+
+Shared by both trainers (:mod:`clipcrop.training.trainer`, :mod:`clipcrop.training.finetune`):
+
+* :func:`prepare_out_dir` refuses to replace a checkpoint unless told and reads the saved state
+  on resume; :func:`recover_checkpoint_dir` repairs a save that a crash interrupted.
+* Checkpoints are written into a temporary sibling (:func:`checkpoint_tmp_dir`) and swapped in
+  (:func:`publish_complete`, :func:`publish_checkpoint`): readers see the old or the new
+  checkpoint, never a mix.
+
+Helpers that warn take the caller's logger, so messages keep naming the run that wrote them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ParameterError
+from ..io.atomic_files import apply_umask
+
+logger = logging.getLogger(__name__)
+
+#: written last into a temporary checkpoint folder: a folder without it is a half-written save
+_COMPLETE = ".complete"
+#: names in a checkpoint folder that belong to the checkpoint (replaced as a whole at each save).
+#: ``training_state.pt`` is :data:`clipcrop.training.config.STATE_FILE`; fine-tuning's state file is not
+#: listed, as it never was: every save writes it anew, and listing it would change which stray
+#: files of a reused folder survive a save.
+_CHECKPOINT_NAMES = ("config.json", "model.safetensors", "README.md", "training_state.pt", "backbone")
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What one kind of run keeps in its output folder, and how its messages name it.
+
+    Attributes:
+        state_file: optimizer, schedule, step and RNG states (``torch.save``).
+        log_file: the JSON-lines log.
+        state_format: the ``format`` value of the state, so one kind never resumes the other's.
+        kind: the run in messages ("not a ClipCrop <kind> state").
+        rerun: the verb of the hint after a failed resume ("<rerun> without --resume first").
+    """
+
+    state_file: str
+    log_file: str
+    state_format: str
+    kind: str
+    rerun: str
+
+
+def load_state(path: Path) -> dict:
+    """Read a saved run state on the CPU; ``weights_only`` since the folder may not be the user's own."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def holds_checkpoint(out_dir: Path, state_file: str) -> bool:
+    """Does ``out_dir`` hold a model (``config.json``) or a run state named ``state_file``?"""
+    return (out_dir / "config.json").is_file() or (out_dir / state_file).is_file()
+
+
+def prepare_out_dir(
+    out_dir: Path, files: RunFiles, *, resume: bool, overwrite: bool, log: logging.Logger
+) -> dict | None:
+    """Check the output folder against resume/overwrite; return the saved state when resuming.
+
+    An interrupted save is repaired first, so that both the check and a resume see the last
+    complete checkpoint. Nothing is deleted here: a fresh run clears what it replaces itself.
+
+    Raises:
+        ParameterError: the folder is a file; ``resume`` without a state of this kind; a checkpoint
+            there without ``resume`` or ``overwrite``.
+    """
+    recover_checkpoint_dir(out_dir, log=log)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParameterError(f"{out_dir}: exists and is not a folder")
+    if resume:
+        state_file = out_dir / files.state_file
+        if not state_file.is_file():
+            raise ParameterError(
+                f"cannot resume: {state_file} not found ({files.rerun} without --resume first)"
+            )
+        state = load_state(state_file)
+        if state.get("format") != files.state_format:
+            raise ParameterError(f"{state_file}: not a ClipCrop {files.kind} state")
+        return state
+    if holds_checkpoint(out_dir, files.state_file) and not overwrite:
+        raise ParameterError(
+            f"{out_dir} already holds a checkpoint; pass --resume to continue it, "
+            "--overwrite to replace it, or another --out"
+        )
+    return None
+
+
+def _is_checkpoint_entry(name: str) -> bool:
+    return name in _CHECKPOINT_NAMES or (name.startswith("rng_state_") and name.endswith(".pt"))
+
+
+def clear_checkpoint(out_dir: Path) -> None:
+    """Remove the checkpoint files of ``out_dir`` (``overwrite``), keeping anything else."""
+    if not out_dir.is_dir():
+        return
+    for entry in out_dir.iterdir():
+        if _is_checkpoint_entry(entry.name):
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def recover_checkpoint_dir(out_dir: Path, *, log: logging.Logger = logger) -> None:
+    """Finish or undo a checkpoint swap that was interrupted (see :func:`publish_checkpoint`).
+
+    ``log`` gets the warning when a complete save is finished, so it names the run that repairs.
+    """
+    parent, name = out_dir.parent, out_dir.name
+    if not parent.is_dir():
+        return
+    temps = sorted(parent.glob(f".{name}.tmp-*"))
+    complete = [t for t in temps if (t / _COMPLETE).is_file()]
+    for t in temps:
+        if t not in complete[-1:]:
+            shutil.rmtree(t, ignore_errors=True)
+    olds = sorted(parent.glob(f".{name}.old-*"))
+    if complete:
+        log.warning("finishing an interrupted checkpoint save: %s", complete[-1])
+        if not out_dir.exists() and olds:
+            os.replace(olds[-1], out_dir)
+            olds = olds[:-1]
+        publish_checkpoint(complete[-1], out_dir)
+    elif not out_dir.exists() and olds:
+        os.replace(olds[-1], out_dir)
+        olds = olds[:-1]
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_tmp_dir(out_dir: Path, step: int, *, create: bool = True) -> Path:
+    """The temporary sibling of ``out_dir`` that the checkpoint of ``step`` is written into.
+
+    A leftover of an earlier attempt at the same step is replaced when ``create``; with several
+    processes only one creates it (the others only need the path).
+    """
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{step}"
+    if create:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish_complete(tmp: Path, out_dir: Path, step: int, log: logging.Logger) -> None:
+    """Mark the fully written checkpoint in ``tmp`` complete and make it ``out_dir``'s content.
+
+    The marker comes last so that :func:`recover_checkpoint_dir` can tell a save that was only
+    interrupted while swapping (finish it) from a half-written one (drop it). Every file gets
+    the permissions the umask gives first (safetensors and copied files do not: see
+    :func:`clipcrop.io.atomic_files.apply_umask`).
+    """
+    apply_umask(tmp)
+    (tmp / _COMPLETE).write_text(str(step))
+    publish_checkpoint(tmp, out_dir)
+    log.info("saved checkpoint at step %d to %s", step, out_dir)
+
+
+def publish_checkpoint(tmp: Path, out_dir: Path) -> None:
+    """Make the complete checkpoint in ``tmp`` the content of ``out_dir``.
+
+    Files of ``out_dir`` that are not part of a checkpoint (the log, user files) move into it
+    first; then two renames swap the folders. Readers see the old or the new checkpoint, never a
+    mix; a crash in between is repaired by :func:`recover_checkpoint_dir`.
+    """
+    if out_dir.exists():
+        for entry in out_dir.iterdir():
+            if not _is_checkpoint_entry(entry.name) and not (tmp / entry.name).exists():
+                os.replace(entry, tmp / entry.name)
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+    (out_dir / _COMPLETE).unlink(missing_ok=True)
+
+
+__all__ = [
+    "RunFiles",
+    "checkpoint_tmp_dir",
+    "clear_checkpoint",
+    "holds_checkpoint",
+    "load_state",
+    "prepare_out_dir",
+    "publish_checkpoint",
+    "publish_complete",
+    "recover_checkpoint_dir",
+]
