@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ParameterError
 from ..modeling.backbone import DEFAULT_BACKBONE
-from ..modeling.decoder import DecoderConfig
+from ..modeling.decoder_config import DecoderConfig
 from ..modeling.model import PROMPT_TEMPLATE, VARIANTS
 from . import checkpoints, runloop
 from .runloop import RunResult

@@ -35,14 +35,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..build import build_detection_loss
 from ..data.detection import DetectionSample, load_detection_manifest
 from ..modeling.backbone import Backbone
 from . import checkpoints, runloop
 from .detection_heads import heads_saturated, init_detection_heads
-from .detection_loss import DetectionLoss
 from .finetune_config import LOG_FILE, RUN_FILES, STATE_FILE, STATE_FORMAT, FinetuneConfig, FinetuneResult
 from .finetune_data import DetectionBatches
-from .matcher import HungarianMatcher
 from .schedule import LRSchedule, restore_optimizer
 
 logger = logging.getLogger(__name__)
@@ -135,12 +134,7 @@ class Finetuner:
         self._scheduler = torch.optim.lr_scheduler.LambdaLR(
             self._optimizer, LRSchedule.for_config(cfg, total)
         )
-        self._loss_fn = DetectionLoss(
-            HungarianMatcher(cfg.weight_focal, cfg.weight_l1, cfg.weight_giou),
-            {"loss_focal": cfg.weight_focal, "loss_l1": cfg.weight_l1, "loss_giou": cfg.weight_giou},
-            alpha=cfg.focal_alpha,
-            gamma=cfg.focal_gamma,
-        )
+        self._loss_fn = build_detection_loss(cfg)
 
     def _log_start(self, resumed: bool, step: int, total: int) -> None:
         self._log.write(

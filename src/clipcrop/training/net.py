@@ -22,7 +22,7 @@ from ..data.mosaic import filter_initial_boxes
 from ..errors import ParameterError
 from ..modeling.backbone import Backbone, ImageFeatures
 from ..modeling.model import ClipCropModel
-from ..modeling.selection import Selection, select_tokens, unconditioned
+from ..modeling.selection import Selection, decoder_inputs, select_tokens, unconditioned
 from .config import TrainConfig
 
 
@@ -98,13 +98,10 @@ class TrainNet(nn.Module):
             )
         tokens = torch.cat([f.tokens for f in features])
         token_boxes = torch.cat([f.boxes for f in features])
-        d = tokens.shape[-1]
-        condition = torch.stack(
-            [s.mean_token if s.mean_token is not None else tokens.new_zeros(d) for s in selections]
-        )
-        has_condition = torch.tensor([s.conditioned for s in selections], device=tokens.device)
-        union = torch.stack([s.union.to(token_boxes) for s in selections])
-        return self.model(tokens, token_boxes, condition, has_condition, union), selections
+        inputs = decoder_inputs(selections, tokens, token_boxes)  # as the predictor feeds the decoder
+        return self.model(
+            tokens, token_boxes, inputs.condition, inputs.has_condition, inputs.union
+        ), selections
 
 
 def float_outputs(outputs: dict, aux: bool) -> dict:

@@ -37,15 +37,15 @@ from pathlib import Path
 
 import torch
 
+from ..build import build_criterion, build_model
 from ..data.datasets import GaicSample, load_gaic
 from ..errors import DatasetError, ParameterError
 from ..modeling.backbone import Backbone, ImageFeatures
 from ..modeling.model import ClipCropModel, portable_backbone_ref
 from ..modeling.selection import condition_texts
 from . import checkpoints, runloop
-from .config import DEFAULT_DECODER, LOG_FILE, RUN_FILES, STATE_FILE, STATE_FORMAT, TrainConfig, TrainResult
-from .criterion import SetCriterion, build_target
-from .matcher import HungarianMatcher
+from .config import LOG_FILE, RUN_FILES, STATE_FILE, STATE_FORMAT, TrainConfig, TrainResult
+from .criterion import build_target
 from .net import ConditionSpec, TrainNet, float_outputs
 from .planning import ItemPlan, StepDataset, TrainingData, TrainItem, collate_items
 from .schedule import LRSchedule, restore_optimizer
@@ -178,10 +178,11 @@ class Trainer:
     def _build_model(self, backbone: Backbone, resumed: bool) -> ClipCropModel:
         """A fresh decoder of the configured size (seeded), or the resumed checkpoint's weights."""
         cfg = self.config
-        model = ClipCropModel(
-            backbone=portable_backbone_ref(cfg.backbone, self.out_dir, inside=self._save_backbone),
-            decoder={**DEFAULT_DECODER, **cfg.decoder, "input_dim": backbone.hidden_size},
-            selection=cfg.selection,
+        model = build_model(
+            portable_backbone_ref(cfg.backbone, self.out_dir, inside=self._save_backbone),
+            cfg.decoder,
+            cfg.selection,
+            input_dim=backbone.hidden_size,
             training={
                 "variant": cfg.variant,
                 "text_drop": cfg.text_drop if cfg.uses_text else 0.0,
@@ -213,11 +214,7 @@ class Trainer:
         self._scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule.for_config(cfg, total))
         net = TrainNet(model, backbone, finetune=self.finetune, config=cfg)
         self._net, self._optimizer = self.accelerator.prepare(net, optimizer)
-        self._criterion = SetCriterion(
-            HungarianMatcher(cfg.weight_score, cfg.weight_l1, cfg.weight_giou),
-            {"loss_score": cfg.weight_score, "loss_l1": cfg.weight_l1, "loss_giou": cfg.weight_giou},
-            redundancy_iou=cfg.redundancy_iou,
-        )
+        self._criterion = build_criterion(cfg)
 
     def _restore(self, state: dict, total: int) -> int:
         """Optimizer, schedule, scaler and RNG states of the resumed run; returns its step."""
