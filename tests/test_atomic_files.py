@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clipcrop.batch.job import ResultsWriter, repair_results
+from clipcrop.batch.results import ResultsWriter, repair_results
 from clipcrop.errors import OutputExistsError
 from clipcrop.evaluation.harness import write_jsonl_atomic
 from clipcrop.io.atomic_files import atomic_open, write_atomic

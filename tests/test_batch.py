@@ -24,7 +24,9 @@ from PIL import Image
 
 pytest.importorskip("ray.data")
 
-from clipcrop.batch.job import MAX_TASKS_PER_ACTOR, MIN_BLOCK_ROWS, BatchConfig, run_batch  # noqa: E402
+from clipcrop.batch.config import BatchConfig  # noqa: E402
+from clipcrop.batch.driver import run_batch  # noqa: E402
+from clipcrop.batch.ray_pool import MAX_TASKS_PER_ACTOR, MIN_BLOCK_ROWS  # noqa: E402
 
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png"]
 
@@ -77,7 +79,7 @@ def test_worker_keeps_names_opens_paths_and_caches_conditions(tiny_backbone_dir,
     """The Ray UDF on its own: names vs. paths, per-input errors, conditions prepared once."""
     import numpy as np
 
-    from clipcrop.batch.job import CropWorker
+    from clipcrop.batch.worker import CropWorker
     from clipcrop.limits import Limits
 
     shutil.copy(sample_photo("astronaut.png"), tmp_path / "a.png")

@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from clipcrop.batch.job import (
-    BatchItem,
-    BatchSummary,
-    ResultsWriter,
-    collect_items,
-    plan_batch,
-    read_manifest,
-    repair_results,
-)
+from clipcrop.batch.config import BatchSummary
+from clipcrop.batch.manifest import BatchItem, collect_items, read_manifest
+from clipcrop.batch.results import ResultsWriter, plan_batch, repair_results
 from clipcrop.errors import ParameterError
 from clipcrop.limits import Limits
 
@@ -185,13 +179,15 @@ def test_summary_exit_code_and_line():
 
 
 def test_one_job_per_results_file(tmp_path):
-    from clipcrop.batch.job import BatchConfig, _lock_results, run_batch
+    from clipcrop.batch.config import BatchConfig
+    from clipcrop.batch.driver import run_batch
+    from clipcrop.batch.results import lock_results
     from clipcrop.errors import ClipCropError
 
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.png").write_bytes(b"x")
     out = tmp_path / "r.jsonl"
-    fd = _lock_results(out)  # as a running job holds it
+    fd = lock_results(out)  # as a running job holds it
     try:
         with pytest.raises(ClipCropError, match="another clipcrop batch job"):
             run_batch(BatchConfig(input=str(tmp_path / "photos"), out=str(out)))
@@ -201,7 +197,8 @@ def test_one_job_per_results_file(tmp_path):
 
 
 def test_fail_fast_on_a_local_model_that_cannot_be(tmp_path):
-    from clipcrop.batch.job import BatchConfig, run_batch
+    from clipcrop.batch.config import BatchConfig
+    from clipcrop.batch.driver import run_batch
     from clipcrop.errors import ModelLoadError
 
     (tmp_path / "photos").mkdir()
@@ -216,14 +213,14 @@ def test_fail_fast_on_a_local_model_that_cannot_be(tmp_path):
 
 
 def test_worker_errors_reported_as_their_message():
-    from clipcrop.batch.job import _explain_ray_failure
+    from clipcrop.batch.ray_pool import explain_ray_failure
 
     text = (
         "ActorDiedError: ...\nTraceback (most recent call last):\n  File x\n"
         "clipcrop.errors.ModelLoadError: cannot load 'org/x': not in the local cache\n"
     )
-    assert _explain_ray_failure(RuntimeError(text)) == "cannot load 'org/x': not in the local cache"
-    assert _explain_ray_failure(RuntimeError("boom\nlast words")) == "the batch job failed in Ray: last words"
+    assert explain_ray_failure(RuntimeError(text)) == "cannot load 'org/x': not in the local cache"
+    assert explain_ray_failure(RuntimeError("boom\nlast words")) == "the batch job failed in Ray: last words"
 
 
 def test_pid_alive_sees_dead_and_zombie_drivers():
@@ -231,21 +228,21 @@ def test_pid_alive_sees_dead_and_zombie_drivers():
     import sys
     import time
 
-    from clipcrop.batch.job import _pid_alive
+    from clipcrop.batch.worker import pid_alive
 
-    assert _pid_alive(os.getpid())
+    assert pid_alive(os.getpid())
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 30
-    while _pid_alive(p.pid) and time.monotonic() < deadline:  # exited, not yet reaped: a zombie
+    while pid_alive(p.pid) and time.monotonic() < deadline:  # exited, not yet reaped: a zombie
         time.sleep(0.05)
-    assert not _pid_alive(p.pid)
+    assert not pid_alive(p.pid)
     p.wait()
-    assert not _pid_alive(p.pid)
+    assert not pid_alive(p.pid)
 
 
 # ---------------------------------------------------------------------------------- crop options
 def test_manifest_lines_override_the_job_options_and_bad_ones_are_their_errors(tmp_path):
-    from clipcrop.batch.job import ItemDefaults
+    from clipcrop.batch.manifest import ItemDefaults
 
     manifest = tmp_path / "jobs.jsonl"
     rows = [
@@ -300,7 +297,7 @@ def test_manifest_lines_override_the_job_options_and_bad_ones_are_their_errors(t
 
 
 def test_folder_items_get_the_job_options_and_image_query(tmp_path):
-    from clipcrop.batch.job import ItemDefaults
+    from clipcrop.batch.manifest import ItemDefaults
 
     (tmp_path / "a.jpg").write_bytes(b"x")
     (item,) = collect_items(

@@ -142,15 +142,15 @@ def test_serve_takes_backbone(moved, monkeypatch):
 
 def test_batch_takes_backbone(moved, monkeypatch, tmp_path):
     """``batch --backbone`` reaches the config and the Ray workers' model loading."""
-    from clipcrop.batch import job as batch
+    from clipcrop.batch import driver
+    from clipcrop.batch.config import BatchSummary
+    from clipcrop.batch.worker import CropWorker
     from clipcrop.cli.main import main
     from clipcrop.limits import Limits
 
     ckpt, _, away, before = moved
     configs = []
-    monkeypatch.setattr(
-        batch, "run_batch", lambda config: configs.append(config) or batch.BatchSummary(out="")
-    )
+    monkeypatch.setattr(driver, "run_batch", lambda config: configs.append(config) or BatchSummary(out=""))
     main(
         [
             "batch",
@@ -164,7 +164,7 @@ def test_batch_takes_backbone(moved, monkeypatch, tmp_path):
         ]
     )
     assert configs and configs[0].backbone == str(away) and configs[0].model == str(ckpt)
-    worker = batch.CropWorker(
+    worker = CropWorker(
         model=str(ckpt), device="cpu", precision="fp32", quantize=None, limits=Limits(), top_k=3,
         aspect_ratio=None, backbone=str(away),
     )  # fmt: skip

@@ -1,6 +1,6 @@
 """``clipcrop batch INPUT --out RESULTS.jsonl [--query TEXT] [--ray-address ...] ...``
 
-Crops a folder or a JSONL manifest on Ray Data (see :mod:`clipcrop.batch.job`): one JSON line per
+Crops a folder or a JSONL manifest on Ray Data (see :mod:`clipcrop.batch.driver`): one JSON line per
 input in RESULTS.jsonl (completion order), failures as lines with ``error``. Re-running the same
 command after an interruption finishes the job: inputs already in the results are skipped. The
 summary (done, failed, skipped, images/s) goes to stderr; stdout stays empty. Exit status 1 when
@@ -91,7 +91,8 @@ def check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch.job import BatchConfig, run_batch
+    from ..batch.config import BatchConfig
+    from ..batch.driver import run_batch
     from ..errors import OutputExistsError
 
     config = BatchConfig(
