@@ -117,8 +117,8 @@ def test_published_training_checkpoints_and_random_backbones_follow_the_umask(um
         fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT, 0o600)
         os.close(fd)
     publish_complete(tmp, out, 3, logging.getLogger("test"))
-    files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) == 3 and all(mode(p) == want for p in files), [(p.name, oct(mode(p))) for p in files]
+    files = [p for p in out.rglob("*") if p.is_file()]  # the three and checkpoint.json (the step)
+    assert len(files) == 4 and all(mode(p) == want for p in files), [(p.name, oct(mode(p))) for p in files]
 
     backbone = make_random_owlvit(tmp_path / "random", DATA, size="tiny", seed=0)
     assert {p.name: mode(p) for p in backbone.iterdir()} == {p.name: want for p in backbone.iterdir()}

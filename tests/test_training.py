@@ -276,3 +276,89 @@ def test_interrupted_checkpoint_swap_is_repaired(tmp_path):
     (new / "config.json").write_text("newer")
     publish_checkpoint(new, out)
     assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", LOG_FILE, "notes.txt"])
+
+
+# ----------------------------------------------------------------------------- runs that cannot lose work
+
+
+def test_save_defaults_agree_between_cli_and_library():
+    from clipcrop.cli import run_flags
+    from clipcrop.training import runloop
+    from clipcrop.training.finetune_config import FinetuneConfig
+
+    cfg = TrainConfig()
+    assert (cfg.save_every, cfg.save_each_epoch, cfg.keep_checkpoints) == (500, True, 3)
+    ft = FinetuneConfig(data="m.jsonl", backbone="b", out_dir="o")
+    assert (ft.save_every, ft.save_each_epoch, ft.keep_checkpoints) == (500, True, 3)
+    assert run_flags.DEFAULT_SAVE_EVERY == runloop.DEFAULT_SAVE_EVERY
+    assert run_flags.DEFAULT_KEEP_CHECKPOINTS == runloop.DEFAULT_KEEP_CHECKPOINTS
+    with pytest.raises(ParameterError, match="keep_checkpoints"):
+        TrainConfig(keep_checkpoints=0).validate()
+
+
+def test_save_cadence_and_the_last_k_checkpoints(gaic, tiny_backbone_dir, tmp_path):
+    """6 samples, batch 4: 2 steps per epoch. save_every 3 and epoch ends save steps 2, 3, 4, 6 and
+    the end 7; keep 3 leaves 7 in the folder and 4, 6 in checkpoints/, each loadable, the backbone
+    (a sibling folder, named "../owlvit") re-pointed from the new place."""
+    import shutil
+
+    from clipcrop.predictor import ClipCrop
+    from clipcrop.training.checkpoints import checkpoint_step, history
+
+    backbone = tmp_path / "owlvit"
+    shutil.copytree(tiny_backbone_dir, backbone)
+    out = tmp_path / "ck"
+    result = train(config(gaic, backbone, out, max_steps=7, save_every=3, keep_checkpoints=3))
+    assert result.step == 7
+    saved = [r["step"] for r in read_log(out) if r["event"] == "checkpoint"]
+    assert saved == [2, 3, 4, 6, 7]
+    assert json.loads((out / "config.json").read_text())["backbone"] == "../owlvit"
+    kept = history(out)
+    assert [p.name for p in kept] == ["step-00000004", "step-00000006"]
+    assert [checkpoint_step(p) for p in (*kept, out)] == [4, 6, 7]
+    latest = load_file(out / "model.safetensors")
+    for folder in kept:
+        ref = json.loads((folder / "config.json").read_text())["backbone"]
+        assert (folder / ref).resolve() == backbone.resolve()
+        assert ClipCrop.from_pretrained(folder).mode == "trained"
+        weights = load_file(folder / "model.safetensors")
+        assert not all(torch.equal(weights[k], latest[k]) for k in latest)
+        assert torch.load(folder / STATE_FILE, weights_only=True)["step"] == checkpoint_step(folder)
+
+    # a fresh run over the folder drops the old run's history with its checkpoint
+    train(config(gaic, backbone, out, max_steps=1, overwrite=True, keep_checkpoints=1))
+    assert history(out) == [] and not (out / "checkpoints").exists()
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_resume_is_exact(
+    gaic, tiny_backbone_dir, tmp_path, monkeypatch
+):
+    import errno
+
+    from clipcrop.errors import DiskFullError
+
+    common = dict(max_steps=4, save_every=2, save_each_epoch=False, text_drop=0.3, warmup_steps=1)
+    straight = tmp_path / "straight"
+    train(config(gaic, tiny_backbone_dir, straight, **common))
+
+    out = tmp_path / "ck"
+    real_save = torch.save
+
+    def full_after_step_2(obj, f, *args, **kwargs):
+        if str(f).endswith(STATE_FILE) and obj.get("step", 0) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_after_step_2)
+    with pytest.raises(DiskFullError) as info:
+        train(config(gaic, tiny_backbone_dir, out, **common))
+    message = str(info.value)
+    assert "no space left" in message and "step 4" in message
+    assert f"the checkpoint of step 2 in {out} is intact" in message and "resume" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "straight"]  # no half-written save
+    monkeypatch.setattr(torch, "save", real_save)
+
+    resumed = train(config(gaic, tiny_backbone_dir, out, resume=True, **common))
+    assert resumed.start_step == 2 and resumed.step == 4
+    wa, wb = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

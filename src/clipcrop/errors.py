@@ -86,11 +86,40 @@ class ModelLoadError(ClipCropError):
     http_status = 500
 
 
+class BackboneLoadError(ModelLoadError):
+    """A trained checkpoint loaded, but the backbone it names did not (moved, deleted, offline).
+
+    ``checkpoint``, ``backbone`` and ``reason`` say which and why; the message names the parameter
+    that points at another copy as the library spells it (``backbone=``), and each surface
+    rebuilds it with its own spelling through :meth:`with_parameter` (``--backbone DIR_OR_HUB_ID``).
+    """
+
+    def __init__(self, checkpoint: str, backbone: str, reason: str, parameter: str = "backbone=") -> None:
+        self.checkpoint, self.backbone, self.reason, self.parameter = checkpoint, backbone, reason, parameter
+        super().__init__(
+            f"checkpoint {checkpoint!r} refers to backbone {backbone!r}, which cannot be loaded ({reason}); "
+            f"point at another copy with {parameter}"
+        )
+
+    def with_parameter(self, parameter: str) -> BackboneLoadError:
+        return BackboneLoadError(self.checkpoint, self.backbone, self.reason, parameter)
+
+    def __reduce__(self):  # pickled across processes (Ray workers) with its fields, not its message
+        return BackboneLoadError, (self.checkpoint, self.backbone, self.reason, self.parameter)
+
+
 class DatasetError(ClipCropError):
     """A training or evaluation dataset is missing files or malformed."""
 
     code = "invalid_dataset"
     http_status = 400
+
+
+class DiskFullError(ClipCropError):
+    """Writing an output (a training checkpoint) ran out of disk space; what was there is intact."""
+
+    code = "disk_full"
+    http_status = 507
 
 
 __all__ = [
@@ -105,5 +134,7 @@ __all__ = [
     "ParameterError",
     "OutputExistsError",
     "ModelLoadError",
+    "BackboneLoadError",
     "DatasetError",
+    "DiskFullError",
 ]

@@ -71,9 +71,33 @@ def add_schedule_flags(
     )
 
 
+#: the run loop's defaults, spelled out here so that ``--help`` needs no torch import
+#: (tests/test_training.py checks them against :mod:`clipcrop.training.runloop`)
+DEFAULT_SAVE_EVERY = 500
+DEFAULT_KEEP_CHECKPOINTS = 3
+
+
 def add_checkpoint_flags(p: _Container) -> None:
-    """Add ``--save-every`` and the exclusive ``--resume``/``--overwrite``."""
-    p.add_argument("--save-every", type=int, metavar="N", help="checkpoint every N steps (and at the end)")
+    """Add the save cadence, ``--keep-checkpoints`` and the exclusive ``--resume``/``--overwrite``."""
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=DEFAULT_SAVE_EVERY,
+        metavar="N",
+        help=f"checkpoint every N steps, at each epoch end and at the end (default {DEFAULT_SAVE_EVERY}; "
+        "0: epoch ends and the end only)",
+    )
+    p.add_argument(
+        "--no-epoch-checkpoints", action="store_true", help="no checkpoint at epoch ends (default: one each)"
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=DEFAULT_KEEP_CHECKPOINTS,
+        metavar="K",
+        help="checkpoints kept: the latest in --out and the K-1 before it in --out/checkpoints/step-N "
+        f"(default {DEFAULT_KEEP_CHECKPOINTS})",
+    )
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
     resume.add_argument("--overwrite", action="store_true", help="replace a checkpoint in --out")
@@ -101,7 +125,9 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "weight_l1": args.weight_l1,
         "weight_giou": args.weight_giou,
         "device": "cpu" if args.cpu else "auto",
-        "save_every": args.save_every,
+        "save_every": args.save_every or None,
+        "save_each_epoch": not args.no_epoch_checkpoints,
+        "keep_checkpoints": args.keep_checkpoints,
         "resume": args.resume,
         "overwrite": args.overwrite,
         "seed": args.seed,

@@ -15,7 +15,7 @@ from ..modeling.backbone import DEFAULT_BACKBONE
 from ..modeling.decoder_config import DecoderConfig
 from ..modeling.model import PROMPT_TEMPLATE, VARIANTS
 from . import checkpoints, runloop
-from .runloop import RunResult
+from .runloop import DEFAULT_KEEP_CHECKPOINTS, DEFAULT_SAVE_EVERY, RunResult
 from .schedule import LR_SCHEDULES
 
 STATE_FILE = "training_state.pt"
@@ -59,7 +59,11 @@ class TrainConfig:
         finetune_backbone_lr: fine-tune OWL-ViT's image side at this learning rate (None: frozen).
         mixed_precision: ``no``, ``fp16`` or ``bf16`` (GPU).
         device: ``auto`` (GPU when there is one) or ``cpu``.
-        save_every: checkpoint every this many steps (and always at the end).
+        save_every: checkpoint every this many steps (None: not by steps); always at the end.
+        save_each_epoch: also checkpoint at the end of every epoch.
+        keep_checkpoints: how many checkpoints to keep: the latest in ``out_dir`` and the
+            ones before it in ``out_dir/checkpoints/step-N/``
+            (:mod:`clipcrop.training.checkpoints`).
         resume: continue from ``out_dir``'s checkpoint.
         overwrite: replace an existing checkpoint in ``out_dir`` (otherwise an error).
         seed: seeds initialisation, data order and augmentation.
@@ -102,7 +106,9 @@ class TrainConfig:
     finetune_backbone_lr: float | None = None
     mixed_precision: str = "no"
     device: str = "auto"
-    save_every: int | None = None
+    save_every: int | None = DEFAULT_SAVE_EVERY
+    save_each_epoch: bool = True
+    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS
     resume: bool = False
     overwrite: bool = False
     seed: int = 0

@@ -180,7 +180,13 @@ class Finetuner:
         start_step = step
         self._log_start(resumed, step, total)
         loop = runloop.StepLoop.for_config(
-            cfg, self._log, self._save, total, on_step=self.on_step, desc="finetune"
+            cfg,
+            self._log,
+            self._save,
+            total,
+            steps_per_epoch=self.steps_per_epoch,
+            on_step=self.on_step,
+            desc="finetune",
         )
         step, history = loop.run(self._steps, step, resumed=resumed, started=t_start)
         model.eval()
@@ -256,24 +262,26 @@ class Finetuner:
         AutoImageProcessor.from_pretrained(self.source).save_pretrained(tmp)
 
     def _save(self, step: int) -> None:
-        """Write the checkpoint at ``step`` into a temporary folder and swap it in."""
+        """Write the checkpoint at ``step`` into a temporary folder and swap it in (the older one
+        joins the history, :mod:`clipcrop.training.checkpoints`)."""
         tmp = checkpoints.checkpoint_tmp_dir(self.out_dir, step)
-        self.backbone.model.save_pretrained(tmp)
-        self._copy_support_files(tmp)
-        torch.save(
-            {
-                "format": STATE_FORMAT,
-                "step": step,
-                "steps_per_epoch": self.steps_per_epoch,
-                "num_samples": len(self.samples),
-                "optimizer": self._optimizer.state_dict(),
-                "scheduler": self._scheduler.state_dict(),
-                "rng": runloop.rng_state(),
-                "config": self.config.to_dict(),
-            },
-            tmp / STATE_FILE,
-        )
-        checkpoints.publish_complete(tmp, self.out_dir, step, logger)
+        with checkpoints.disk_full_guard(tmp, self.out_dir, step):
+            self.backbone.model.save_pretrained(tmp)
+            self._copy_support_files(tmp)
+            torch.save(
+                {
+                    "format": STATE_FORMAT,
+                    "step": step,
+                    "steps_per_epoch": self.steps_per_epoch,
+                    "num_samples": len(self.samples),
+                    "optimizer": self._optimizer.state_dict(),
+                    "scheduler": self._scheduler.state_dict(),
+                    "rng": runloop.rng_state(),
+                    "config": self.config.to_dict(),
+                },
+                tmp / STATE_FILE,
+            )
+            checkpoints.publish_complete(tmp, self.out_dir, step, logger, keep=self.config.keep_checkpoints)
 
 
 def finetune_backbone(

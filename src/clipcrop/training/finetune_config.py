@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ParameterError
 from . import checkpoints, runloop
-from .runloop import RunResult
+from .runloop import DEFAULT_KEEP_CHECKPOINTS, DEFAULT_SAVE_EVERY, RunResult
 from .schedule import LR_SCHEDULES
 
 STATE_FILE = "finetune_state.pt"
@@ -46,7 +46,11 @@ class FinetuneConfig:
         weight_focal, weight_l1, weight_giou: loss weights, also the matching costs.
         focal_alpha, focal_gamma: focal-loss settings.
         device: ``auto`` (GPU when there is one) or ``cpu``.
-        save_every: checkpoint every this many steps (and always at the end).
+        save_every: checkpoint every this many steps (None: not by steps); always at the end.
+        save_each_epoch: also checkpoint at the end of every epoch.
+        keep_checkpoints: how many checkpoints to keep: the latest in ``out_dir`` and the
+            ones before it in ``out_dir/checkpoints/step-N/``
+            (:mod:`clipcrop.training.checkpoints`).
         resume: continue from ``out_dir``'s checkpoint.
         overwrite: replace an existing checkpoint in ``out_dir`` (otherwise an error).
         seed: data order, flips, negatives.
@@ -81,7 +85,9 @@ class FinetuneConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     device: str = "auto"
-    save_every: int | None = None
+    save_every: int | None = DEFAULT_SAVE_EVERY
+    save_each_epoch: bool = True
+    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS
     resume: bool = False
     overwrite: bool = False
     seed: int = 0

@@ -34,10 +34,25 @@ from ..errors import ParameterError
 
 logger = logging.getLogger(__name__)
 
+#: default save cadence in steps (and at each epoch end): a run that dies loses at most this much
+DEFAULT_SAVE_EVERY = 500
+#: default number of checkpoints kept (the latest plus the ones before it)
+DEFAULT_KEEP_CHECKPOINTS = 3
 #: settings that say how long a run goes, where it writes and how it reports, not what it
 #: computes: resuming with other values is still an exact continuation
 RUN_ONLY_SETTINGS = frozenset(
-    {"resume", "overwrite", "max_steps", "epochs", "stop_after", "save_every", "progress", "out_dir"}
+    {
+        "resume",
+        "overwrite",
+        "max_steps",
+        "epochs",
+        "stop_after",
+        "save_every",
+        "save_each_epoch",
+        "keep_checkpoints",
+        "progress",
+        "out_dir",
+    }
 )
 
 
@@ -51,7 +66,7 @@ def check_run_length(config: Any) -> None:
     :class:`~clipcrop.training.finetune_config.FinetuneConfig`: both spell these settings the same way, so both
     refuse them with the same words.
     """
-    for name in ("epochs", "max_steps", "stop_after", "save_every", "max_samples"):
+    for name in ("epochs", "max_steps", "stop_after", "save_every", "max_samples", "keep_checkpoints"):
         value = getattr(config, name)
         if value is not None and (isinstance(value, bool) or int(value) < 1):
             raise ParameterError(f"{name} must be a positive whole number, got {value!r}")
@@ -181,16 +196,22 @@ class StepLoop:
     """Drives a run's steps and does what every step and the run's end need around them.
 
     A run supplies its steps as log records (see :meth:`run`); the loop logs each, keeps the
-    history, calls ``on_step``, moves the bar and checkpoints every ``save_every`` steps. At the
-    end it checkpoints unless the last step was just saved, and logs the ``end`` event.
+    history, calls ``on_step``, moves the bar and checkpoints every ``save_every`` steps and at
+    the end of every epoch (``save_each_epoch``). At an epoch's end, and at the last step of a
+    run that finishes, ``on_epoch_end`` runs first (validation), so that the checkpoint saved
+    right after holds what it found. At the end the loop checkpoints unless the last step was
+    just saved, and logs the ``end`` event.
 
     Attributes:
         log: where the records go.
         save: writes and publishes the checkpoint of a step (the loop logs the ``checkpoint`` event).
         total: the planned length (the LR schedule's), for ``stop_at`` and the bar.
         stop_after: stop early at this step (a checkpoint; ``resume`` continues exactly).
-        save_every: checkpoint cadence in steps; None: at the end only.
+        save_every: checkpoint cadence in steps; None: no cadence in steps.
+        steps_per_epoch: the epoch length, for ``save_each_epoch`` and ``on_epoch_end``.
+        save_each_epoch: also checkpoint at the end of every epoch.
         on_step: called with each step's record.
+        on_epoch_end: called with the step that ends an epoch (or the run).
         progress: :func:`progress_bar`'s ``enabled``.
         desc: the bar's label.
     """
@@ -200,7 +221,10 @@ class StepLoop:
     total: int
     stop_after: int | None = None
     save_every: int | None = None
+    steps_per_epoch: int | None = None
+    save_each_epoch: bool = False
     on_step: Callable[[dict], None] | None = None
+    on_epoch_end: Callable[[int], None] | None = None
     progress: bool | None = None
     desc: str = "train"
 
@@ -212,20 +236,26 @@ class StepLoop:
         save: Callable[[int], None],
         total: int,
         *,
+        steps_per_epoch: int,
         on_step: Callable[[dict], None] | None,
+        on_epoch_end: Callable[[int], None] | None = None,
         desc: str,
         show_progress: bool = True,
     ) -> StepLoop:
         """The loop of a run set up by ``config`` (a ``TrainConfig`` or ``FinetuneConfig``: both
-        name ``stop_after``, ``save_every`` and ``progress`` alike). ``show_progress=False`` hides
-        the bar whatever the config says (a process other than the main one)."""
+        name ``stop_after``, ``save_every``, ``save_each_epoch`` and ``progress`` alike).
+        ``show_progress=False`` hides the bar whatever the config says (a process other than
+        the main one)."""
         return cls(
             log,
             save,
             total,
             stop_after=config.stop_after,
             save_every=config.save_every,
+            steps_per_epoch=steps_per_epoch,
+            save_each_epoch=config.save_each_epoch,
             on_step=on_step,
+            on_epoch_end=on_epoch_end,
             progress=config.progress if show_progress else False,
             desc=desc,
         )
@@ -234,6 +264,16 @@ class StepLoop:
     def stop_at(self) -> int:
         """The step this call ends at."""
         return min(self.total, self.stop_after) if self.stop_after is not None else self.total
+
+    def epoch_ends(self, step: int) -> bool:
+        """Whether ``step`` completes an epoch (or the whole run)."""
+        return step == self.total or bool(self.steps_per_epoch and step % self.steps_per_epoch == 0)
+
+    def save_due(self, step: int) -> bool:
+        """Whether the cadence asks for a checkpoint after ``step``."""
+        if self.save_every and step % self.save_every == 0:
+            return True
+        return self.save_each_epoch and bool(self.steps_per_epoch) and step % self.steps_per_epoch == 0
 
     def run(
         self,
@@ -248,7 +288,7 @@ class StepLoop:
 
         Args:
             steps: trains steps ``start + 1`` to ``stop_at``, yielding after each; the loop
-                logs, reports and saves between two steps, as the runs always did.
+                logs, reports, validates and saves between two steps.
             start: the step the run is at (0, or the resumed checkpoint's).
             resumed: the checkpoint of ``start`` exists already (no save when nothing ran).
             started: ``time.perf_counter()`` at the start of the call, for ``elapsed_s``.
@@ -261,14 +301,10 @@ class StepLoop:
         try:
             for record in steps(start, stop_at):
                 step = record["step"]
-                self.log.write(record)
-                history.append(record)
-                if self.on_step is not None:
-                    self.on_step(record)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-                if self.save_every and step % self.save_every == 0 and step < stop_at:
+                self._report(record, history, bar)
+                if self.on_epoch_end is not None and self.epoch_ends(step):
+                    self.on_epoch_end(step)
+                if step < stop_at and self.save_due(step):
                     self._checkpoint(step)
                     last_saved = step
         finally:
@@ -279,12 +315,23 @@ class StepLoop:
         self.log.write({"event": "end", "step": step, "elapsed_s": time.perf_counter() - started})
         return step, history
 
+    def _report(self, record: dict, history: list[dict], bar: Any) -> None:
+        self.log.write(record)
+        history.append(record)
+        if self.on_step is not None:
+            self.on_step(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+
     def _checkpoint(self, step: int) -> None:
         self.save(step)
         self.log.write({"event": "checkpoint", "step": step})
 
 
 __all__ = [
+    "DEFAULT_KEEP_CHECKPOINTS",
+    "DEFAULT_SAVE_EVERY",
     "RUN_ONLY_SETTINGS",
     "RunResult",
     "StepLog",

@@ -179,7 +179,7 @@ class Trainer:
         """A fresh decoder of the configured size (seeded), or the resumed checkpoint's weights."""
         cfg = self.config
         model = build_model(
-            portable_backbone_ref(cfg.backbone, self.out_dir, inside=self._save_backbone),
+            self._backbone_ref(self.out_dir),
             cfg.decoder,
             cfg.selection,
             input_dim=backbone.hidden_size,
@@ -289,6 +289,7 @@ class Trainer:
             self._log,
             self._save,
             total,
+            steps_per_epoch=self._data.steps_per_epoch,
             on_step=self.on_step,
             desc="train",
             show_progress=acc.is_main_process,
@@ -429,7 +430,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
     def _save(self, step: int) -> None:
-        """Write the checkpoint at ``step`` into a temporary folder and swap it in."""
+        """Write the checkpoint at ``step`` into a temporary folder and swap it in (the older one
+        joins the history, :mod:`clipcrop.training.checkpoints`)."""
         acc = self.accelerator
         tmp = checkpoints.checkpoint_tmp_dir(self.out_dir, step, create=acc.is_main_process)
         acc.wait_for_everyone()
@@ -438,35 +440,55 @@ class Trainer:
             torch.save(rng, tmp / f"rng_state_{acc.process_index}.pt")
         acc.wait_for_everyone()
         if acc.is_main_process:
-            model = acc.unwrap_model(self._net).model
-            from ..modeling.model_card import training_summary
-
-            # the data and settings go into config.json, so the model card states them (even after push_to_hub)
-            summary = training_summary(self.config.to_dict(), step, len(self._data.samples))
-            stored = model.extra.get("training") or {}  # the run's own entries win; steps and data are now's
-            model.extra["training"] = {**summary, **stored, **{k: summary[k] for k in ("steps", "data")}}
-            model.save_pretrained(tmp)
-            if self._save_backbone:
-                self.backbone.model.save_pretrained(tmp / "backbone")
-                self.backbone.tokenizer.save_pretrained(tmp / "backbone")
-                self.backbone.processor.save_pretrained(tmp / "backbone")
-            state = {
-                "format": STATE_FORMAT,
-                "step": step,
-                "epoch": step // self._data.steps_per_epoch,
-                "steps_per_epoch": self._data.steps_per_epoch,
-                "num_samples": len(self._data.samples),
-                "world_size": acc.num_processes,
-                "batch_size": self.config.batch_size,
-                "optimizer": self._optimizer.state_dict(),
-                "scheduler": self._scheduler.state_dict(),
-                "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-                "rng": rng,
-                "config": self.config.to_dict(),
-            }
-            torch.save(state, tmp / STATE_FILE)
-            checkpoints.publish_complete(tmp, self.out_dir, step, logger)
+            with checkpoints.disk_full_guard(tmp, self.out_dir, step):
+                self._write_model(tmp, step, self._backbone_ref(self.out_dir))
+                torch.save(self._run_state(step, rng), tmp / STATE_FILE)
+                checkpoints.publish_complete(
+                    tmp, self.out_dir, step, logger, keep=self.config.keep_checkpoints
+                )
         acc.wait_for_everyone()
+
+    def _backbone_ref(self, folder: Path) -> str:
+        """How a checkpoint written to ``folder`` names the backbone (portable, see the model)."""
+        return portable_backbone_ref(self.config.backbone, folder, inside=self._save_backbone)
+
+    def _write_model(self, folder: Path, step: int, backbone_ref: str) -> None:
+        """The model files of the checkpoint of ``step`` in ``folder``: ``config.json`` (with the
+        run's data and settings, so the model card states them even after ``push_to_hub``),
+        weights, card, and the backbone when the checkpoint holds its own."""
+        from ..modeling.model_card import training_summary
+
+        model = self.accelerator.unwrap_model(self._net).model
+        summary = training_summary(self.config.to_dict(), step, len(self._data.samples))
+        stored = model.extra.get("training") or {}  # the run's own entries win; steps and data are now's
+        model.extra["training"] = {**summary, **stored, **{k: summary[k] for k in ("steps", "data")}}
+        own_ref, model.backbone_name = model.backbone_name, backbone_ref
+        try:
+            model.save_pretrained(folder)
+        finally:
+            model.backbone_name = own_ref
+        if self._save_backbone:
+            self.backbone.model.save_pretrained(folder / "backbone")
+            self.backbone.tokenizer.save_pretrained(folder / "backbone")
+            self.backbone.processor.save_pretrained(folder / "backbone")
+
+    def _run_state(self, step: int, rng: dict) -> dict:
+        """What ``training_state.pt`` holds: everything an exact continuation needs."""
+        acc, data = self.accelerator, self._data
+        return {
+            "format": STATE_FORMAT,
+            "step": step,
+            "epoch": step // data.steps_per_epoch,
+            "steps_per_epoch": data.steps_per_epoch,
+            "num_samples": len(data.samples),
+            "world_size": acc.num_processes,
+            "batch_size": self.config.batch_size,
+            "optimizer": self._optimizer.state_dict(),
+            "scheduler": self._scheduler.state_dict(),
+            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+            "rng": rng,
+            "config": self.config.to_dict(),
+        }
 
 
 def train(
