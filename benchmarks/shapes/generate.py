@@ -7,13 +7,25 @@ Scenes come from :mod:`clipcrop.synthetic.shapes` (re-exported here), scene ``i`
 
     scenes/{train,val,test}/sNNNNN.jpg         the scene images
     detection/{train,val}.jsonl                 finetune-backbone manifests: every object, its text
+                                                (val: seen pairs only)
+    detection/val_unseen.jsonl                  the val scenes' held-out pairs, to score the backbone
     gaic/images/{train,val,test}/sNNNNN_k.jpg   GAICD layout (hard links to the scene images), one
     gaic/annotations/{split}/sNNNNN_k.txt       file per (scene, subject): "y1 x1 y2 x2 MOS" lines
     gaic_text/{train,valid,test}.json           file name -> caption naming the subject
     text_queries.json                           test scenes: text queries + human-like target crops
+    val_text_queries.json                       val scenes: the same, to choose settings on
     image_queries.json                          test scenes: a crop of another test scene as query
     queries/qNNNNN.jpg                          the query images
     meta.json                                   settings and counts
+
+Held out: training scenes never hold a :data:`~clipcrop.synthetic.shapes.HELD_OUT_PAIRS` pair, so
+no training caption or detection label names one; val and test scenes draw from all pairs, and
+their single-object queries prefer pairs with a held-out object when the scene has one. Training
+captions and detection labels use the templates "the X" / "a X" (detection also "X"); a share
+(``unseen_template``) of val and test queries use :data:`HELD_OUT_TEMPLATES` instead. Every query
+says which it is: ``unseen_pair``, ``unseen_template`` and ``split`` (``unseen`` when either holds,
+else ``seen``), and carries the true ``subject_box`` and ``other_boxes`` (xyxy pixels) for the
+benchmark's oracle rows.
 
 Train scenes carry ``subjects`` GAIC entries each (the same picture with different captions and
 crops: the strongest signal that the crop must follow the text); a subject is one object, or two
@@ -21,7 +33,9 @@ crops: the strongest signal that the crop must follow the text); a subject is on
 "the red circle", "red circle"), as queries do. Text queries per test scene: two single-object
 queries whose best crops overlap little (:func:`clipcrop.synthetic.shapes.distinct_pair`, the ambiguity
 check's pair) and one two-object query. Manifest entries carry extra keys ``scene``, ``kind``
-(``single``/``pair``/``image``) and ``objects``, which :func:`clipcrop.data.datasets.load_textcrop` ignores.
+(``single``/``pair``/``image``), ``objects`` and the ones above, which
+:func:`clipcrop.data.datasets.load_textcrop` ignores. Target crops come from the framing rule
+(:mod:`clipcrop.synthetic.framing_rule`), as do the GAIC MOS.
 """
 
 from __future__ import annotations
@@ -37,10 +51,11 @@ import numpy as np
 
 from clipcrop.synthetic.shapes import (  # noqa: F401 - re-exported: the generator lives in the package
     COLOURS,
+    HELD_OUT_PAIRS,
+    SCENE_SIZE,
     SHAPES,
     Scene,
     backgrounds_available,
-    crop_quality,
     describe,
     distinct_pair,
     gaic_annotation,
@@ -51,6 +66,10 @@ from clipcrop.synthetic.shapes import (  # noqa: F401 - re-exported: the generat
 SPLITS = ("train", "val", "test")
 CAPTION_FILE = {"train": "train", "val": "valid", "test": "test"}
 ARTICLES = ("a", "the", "")
+#: phrasings never used in a training caption or detection label ({} is "the red circle")
+HELD_OUT_TEMPLATES = ("find {}", "zoom in on {}")
+#: share of val/test text queries phrased with a held-out template
+UNSEEN_TEMPLATE_SHARE = 0.3
 JPEG_QUALITY = 92
 
 
@@ -95,6 +114,64 @@ def _query_crop(scene: Scene, index: int, rng: np.random.Generator) -> tuple[int
     )
 
 
+def _detection_entry(scene: Scene, split: str, name: str, rng: np.random.Generator, keep) -> dict:
+    """One finetune-backbone manifest line: the scene's objects that ``keep`` accepts, their texts."""
+    return {
+        "image": f"../scenes/{split}/{name}.jpg",
+        "objects": [
+            {"box": [round(float(v), 2) for v in o.box], "text": o.text(ARTICLES[int(rng.integers(3))])}
+            for o in scene.objects
+            if keep(o)
+        ],
+    }
+
+
+def _write_gaic_entry(out: Path, split: str, entry: str, image_path: Path, boxes, mos) -> None:
+    _link_or_copy(image_path, out / "gaic" / "images" / split / f"{entry}.jpg")
+    lines = [f"{b[1]:.0f} {b[0]:.0f} {b[3]:.0f} {b[2]:.0f} {m:.2f}" for b, m in zip(boxes, mos, strict=True)]
+    (out / "gaic" / "annotations" / split / f"{entry}.txt").write_text("\n".join(lines) + "\n")
+
+
+def _write_split(
+    out: Path,
+    split: str,
+    indices: range,
+    seed: int,
+    subjects: int,
+    pair_prob: float,
+    n_best: int,
+    n_rest: int,
+) -> tuple[list[Scene], dict[str, str]]:
+    """Scenes, detection manifests and GAIC entries of one split; returns the scenes (val and
+    test only: their queries need them) and the split's captions."""
+    for folder in ("scenes", "gaic/images", "gaic/annotations"):
+        (out / folder / split).mkdir(parents=True, exist_ok=True)
+    kept: list[Scene] = []
+    captions: dict[str, str] = {}
+    detection, unseen = [], []
+    for index in indices:
+        scene = make_scene(index, seed, held_out=split != "train")
+        if split != "train":
+            kept.append(scene)
+        rng = np.random.default_rng([seed, index, 11])
+        name = f"s{index:05d}"
+        image_path = out / "scenes" / split / f"{name}.jpg"
+        scene.image.save(image_path, quality=JPEG_QUALITY)
+        detection.append(_detection_entry(scene, split, name, rng, lambda o: not o.held_out))
+        unseen.append(_detection_entry(scene, split, name, rng, lambda o: o.held_out))
+        for k, subject in enumerate(_subjects(scene, rng, subjects if split == "train" else 1, pair_prob)):
+            boxes, mos = gaic_annotation(scene, subject, rng, n_best=n_best, n_rest=n_rest)
+            _write_gaic_entry(out, split, f"{name}_{k}", image_path, boxes, mos)
+            captions[f"{name}_{k}.jpg"] = describe(scene, subject, ("the", "a")[int(rng.integers(2))])
+    if split != "test":
+        (out / "detection").mkdir(parents=True, exist_ok=True)
+        (out / "detection" / f"{split}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in detection))
+    if split == "val":
+        lines = [d for d in unseen if d["objects"]]
+        (out / "detection" / "val_unseen.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    return kept, captions
+
+
 def generate(
     out: str | os.PathLike,
     *,
@@ -111,51 +188,19 @@ def generate(
     out = Path(out)
     counts = {"train": train, "val": val, "test": test}
     starts = {"train": 0, "val": train, "test": train + val}
-    test_scenes: list[Scene] = []  # the queries need them again; train/val scenes are written and dropped
-    captions: dict[str, dict[str, str]] = {s: {} for s in SPLITS}
+    scenes: dict[str, list[Scene]] = {}
+    captions: dict[str, dict[str, str]] = {}
     for split in SPLITS:
-        (out / "scenes" / split).mkdir(parents=True, exist_ok=True)
-        (out / "gaic" / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out / "gaic" / "annotations" / split).mkdir(parents=True, exist_ok=True)
-        detection = []
-        for index in range(starts[split], starts[split] + counts[split]):
-            scene = make_scene(index, seed)
-            if split == "test":
-                test_scenes.append(scene)
-            rng = np.random.default_rng([seed, index, 11])
-            name = f"s{index:05d}"
-            image_path = out / "scenes" / split / f"{name}.jpg"
-            scene.image.save(image_path, quality=JPEG_QUALITY)
-            detection.append(
-                {
-                    "image": f"../scenes/{split}/{name}.jpg",
-                    "objects": [
-                        {"box": [round(v, 2) for v in o.box], "text": o.text(ARTICLES[int(rng.integers(3))])}
-                        for o in scene.objects
-                    ],
-                }
-            )
-            for k, subject in enumerate(
-                _subjects(scene, rng, subjects if split == "train" else 1, pair_prob)
-            ):
-                entry = f"{name}_{k}"
-                _link_or_copy(image_path, out / "gaic" / "images" / split / f"{entry}.jpg")
-                boxes, mos = gaic_annotation(scene, subject, rng, n_best=n_best, n_rest=n_rest)
-                lines = [
-                    f"{b[1]:.0f} {b[0]:.0f} {b[3]:.0f} {b[2]:.0f} {m:.2f}"
-                    for b, m in zip(boxes, mos, strict=True)
-                ]
-                (out / "gaic" / "annotations" / split / f"{entry}.txt").write_text("\n".join(lines) + "\n")
-                captions[split][f"{entry}.jpg"] = describe(scene, subject, ("the", "a")[int(rng.integers(2))])
-        if split != "test":
-            (out / "detection").mkdir(parents=True, exist_ok=True)
-            (out / "detection" / f"{split}.jsonl").write_text(
-                "".join(json.dumps(d) + "\n" for d in detection)
-            )
-    for split in SPLITS:
+        indices = range(starts[split], starts[split] + counts[split])
+        scenes[split], captions[split] = _write_split(
+            out, split, indices, seed, subjects, pair_prob, n_best, n_rest
+        )
         _write_json(out / "gaic_text" / f"{CAPTION_FILE[split]}.json", captions[split])
-
-    text_queries, image_queries = _queries(out, test_scenes, seed)
+    (out / "queries").mkdir(parents=True, exist_ok=True)
+    val_text = _text_queries(scenes["val"], seed, "val")
+    text_queries = _text_queries(scenes["test"], seed, "test")
+    image_queries = _image_queries(out, scenes["test"], seed)
+    _write_json(out / "val_text_queries.json", val_text)
     _write_json(out / "text_queries.json", text_queries)
     _write_json(out / "image_queries.json", image_queries)
     meta = {
@@ -164,6 +209,14 @@ def generate(
         "gaic_entries": {s: len(captions[s]) for s in SPLITS},
         "text_queries": len(text_queries),
         "image_queries": len(image_queries),
+        "val_text_queries": len(val_text),
+        "unseen_text_queries": {
+            "pair": sum(q["unseen_pair"] for q in text_queries),
+            "template": sum(q["unseen_template"] for q in text_queries),
+            "either": sum(q["split"] == "unseen" for q in text_queries),
+        },
+        "held_out_pairs": [" ".join(p) for p in HELD_OUT_PAIRS],
+        "held_out_templates": list(HELD_OUT_TEMPLATES),
         "real_backgrounds": backgrounds_available(),
         "subjects_per_train_scene": subjects,
         "pair_prob": pair_prob,
@@ -172,62 +225,70 @@ def generate(
     return meta
 
 
-def _queries(out: Path, test: list[Scene], seed: int) -> tuple[list[dict], list[dict]]:
-    (out / "queries").mkdir(parents=True, exist_ok=True)
+def _query_entry(scene: Scene, indices: list[int], kind: str, image: str) -> dict:
+    """The manifest fields every query carries (targets, scene, objects, split, oracle geometry)."""
+    unseen_pair = any(scene.objects[i].held_out for i in indices)
+    return {
+        "image": image,
+        "boxes": target_crops(scene, indices).tolist(),
+        "scene": scene.index,
+        "kind": kind,
+        "objects": [scene.objects[i].name for i in indices],
+        "unseen_pair": unseen_pair,
+        "subject_box": [round(float(v), 2) for v in scene.subject_box(indices)],
+        "other_boxes": scene.others(indices).round(2).tolist(),
+    }
+
+
+def _phrase(scene: Scene, indices: list[int], rng: np.random.Generator) -> tuple[str, bool]:
+    """A query's text and whether its phrasing is held out (:data:`HELD_OUT_TEMPLATES`)."""
+    if rng.random() < UNSEEN_TEMPLATE_SHARE:
+        template = HELD_OUT_TEMPLATES[int(rng.integers(len(HELD_OUT_TEMPLATES)))]
+        return template.format(describe(scene, indices, "the")), True
+    return describe(scene, indices, ("the", "a")[int(rng.integers(2))]), False
+
+
+def _text_queries(scenes: list[Scene], seed: int, split: str) -> list[dict]:
+    """Per scene: two single-object queries about objects whose frames differ, one two-object query."""
+    out: list[dict] = []
+    for scene in scenes:
+        rng = np.random.default_rng([seed, scene.index, 13])
+        image = f"scenes/{split}/s{scene.index:05d}.jpg"
+        pair = distinct_pair(scene, rng, prefer_held_out=True)
+        singles = [[i] for i in pair] if pair is not None else [[int(rng.integers(len(scene.objects)))]]
+        two = sorted(int(i) for i in rng.choice(len(scene.objects), size=2, replace=False))
+        for indices, kind in [(s, "single") for s in singles] + [(two, "pair")]:
+            query, unseen_template = _phrase(scene, indices, rng)
+            entry = _query_entry(scene, indices, kind, image)
+            entry |= {"query": query, "unseen_template": unseen_template}
+            entry["split"] = "unseen" if entry["unseen_pair"] or unseen_template else "seen"
+            out.append(entry)
+    return out
+
+
+def _image_queries(out: Path, test: list[Scene], seed: int) -> list[dict]:
+    """Per test scene: one object, queried by a crop of the same kind of object in another scene."""
     by_name: dict[str, list[tuple[int, int]]] = {}
     for si, scene in enumerate(test):
         for oi, obj in enumerate(scene.objects):
             by_name.setdefault(obj.name, []).append((si, oi))
-    text_q: list[dict] = []
     image_q: list[dict] = []
     for si, scene in enumerate(test):
-        rng = np.random.default_rng([seed, scene.index, 13])
-        image = f"scenes/test/s{scene.index:05d}.jpg"
-        pair = distinct_pair(scene, rng)
-        singles = list(pair) if pair is not None else [int(rng.integers(len(scene.objects)))]
-        for i in singles:
-            text_q.append(
-                {
-                    "image": image,
-                    "query": describe(scene, [i], ("the", "a")[int(rng.integers(2))]),
-                    "boxes": target_crops(scene, [i]).tolist(),
-                    "scene": scene.index,
-                    "kind": "single",
-                    "objects": [scene.objects[i].name],
-                }
-            )
-        two = sorted(int(i) for i in rng.choice(len(scene.objects), size=2, replace=False))
-        text_q.append(
-            {
-                "image": image,
-                "query": describe(scene, two, ("the", "a")[int(rng.integers(2))]),
-                "boxes": target_crops(scene, two).tolist(),
-                "scene": scene.index,
-                "kind": "pair",
-                "objects": [scene.objects[i].name for i in two],
-            }
-        )
-        # image query: the same kind of object, cut out of another test scene
-        for i in singles + [int(j) for j in rng.permutation(len(scene.objects))]:
+        rng = np.random.default_rng([seed, scene.index, 17])
+        for i in [int(j) for j in rng.permutation(len(scene.objects))]:
             donors = [d for d in by_name[scene.objects[i].name] if d[0] != si]
-            if donors:
-                dsi, doi = donors[int(rng.integers(len(donors)))]
-                donor = test[dsi]
-                qpath = out / "queries" / f"q{scene.index:05d}.jpg"
-                donor.image.crop(_query_crop(donor, doi, rng)).save(qpath, quality=JPEG_QUALITY)
-                image_q.append(
-                    {
-                        "image": image,
-                        "image_query": f"queries/{qpath.name}",
-                        "boxes": target_crops(scene, [i]).tolist(),
-                        "scene": scene.index,
-                        "kind": "image",
-                        "objects": [scene.objects[i].name],
-                        "query_from": donor.index,
-                    }
-                )
-                break
-    return text_q, image_q
+            if not donors:
+                continue
+            dsi, doi = donors[int(rng.integers(len(donors)))]
+            donor = test[dsi]
+            qpath = out / "queries" / f"q{scene.index:05d}.jpg"
+            donor.image.crop(_query_crop(donor, doi, rng)).save(qpath, quality=JPEG_QUALITY)
+            entry = _query_entry(scene, [i], "image", f"scenes/test/s{scene.index:05d}.jpg")
+            entry |= {"image_query": f"queries/{qpath.name}", "query_from": donor.index}
+            entry["split"] = "unseen" if entry["unseen_pair"] else "seen"
+            image_q.append(entry)
+            break
+    return image_q
 
 
 def main(argv: list[str] | None = None) -> int:

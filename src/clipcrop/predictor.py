@@ -13,6 +13,7 @@ image (EXIF orientation applied), x1/y1 exclusive, so ``image.crop(box)`` gives 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -492,8 +493,14 @@ class ClipCrop:
         *,
         top_k: int = 5,
         aspect_ratio: str | float | tuple[float, float] | None = None,
+        condition_token: bool = True,
     ) -> CropResult:
-        """Crops of an already encoded image for a prepared condition."""
+        """Crops of an already encoded image for a prepared condition.
+
+        ``condition_token=False`` is an ablation (trained mode): the decoder gets its learned
+        "no condition" vector instead of the condition's token, ``b_u`` kept, to measure what
+        the decoder takes from the condition beyond the union box.
+        """
         top_k, ratio = self._check_params(top_k, aspect_ratio)
         timings = {**encoded.timings, **condition.timings}
         feats = encoded.features
@@ -510,7 +517,8 @@ class ClipCrop:
         t1 = time.perf_counter()
         width, height = encoded.width, encoded.height
         if self.model is not None:
-            boxes, scores = self._decode(encoded, selection)
+            blind = dataclasses.replace(selection, mean_token=None)
+            boxes, scores = self._decode(encoded, selection if condition_token else blind)
         else:
             boxes, scores = self._compose(feats, selection, width, height, ratio)
         t2 = time.perf_counter()

@@ -4,8 +4,10 @@ Shows text conditioning at work without real weights: renders a few synthetic sh
 (:mod:`clipcrop.synthetic.shapes`), crops each for two different queries ("the blue star", "the red
 circle") and writes one picture per scene, the two overlays side by side (ranked crops drawn by
 :func:`clipcrop.io.render.draw_overlay`; under each, the query and the IoU of its top-1 crop with the
-composition rule's best crop, :func:`clipcrop.synthetic.shapes.target_crops`). One JSON line per scene goes
-to stdout with the same.
+shapes world's ideal frame for that object, :func:`clipcrop.synthetic.shapes.target_crops`, which the
+framing rule :mod:`clipcrop.synthetic.framing_rule` draws: each kind its own frame shape and
+coverage, lead room in front of triangles, headroom over stars). One JSON line per scene goes to
+stdout with the same.
 
 The model must know the shapes world: build one with the benchmark, which writes it to
 ``OUT/clipcrop-shapes``::
@@ -14,7 +16,9 @@ The model must know the shapes world: build one with the benchmark, which writes
     clipcrop demo-shapes --model OUT/clipcrop-shapes --out demo/
 
 Demo scenes are drawn from indices far from the benchmark's (``1_000_000 + k``), so they are new
-to the model.
+to the model; they may hold the benchmark's held-out colour-shape pairs
+(:data:`clipcrop.synthetic.shapes.HELD_OUT_PAIRS`), and each query says whether it names one
+(``"held_out_pair"``).
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             queries.append(
                 {
                     "query": query,
+                    "held_out_pair": scene.objects[i].held_out,
                     "crops": [c.to_dict() for c in result],
                     "best_crop": [round(float(v), 1) for v in best],
                     "iou_top1": round(iou, 4),

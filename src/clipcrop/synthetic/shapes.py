@@ -12,31 +12,18 @@ procedural blurred noise, documented so results are not compared across the two)
 
 Boxes are ``x0, y0, x1, y1`` float pixels of the scene image, x1/y1 exclusive.
 
-The crop rule
--------------
-:func:`crop_quality` scores a crop for a *subject* (the union box of the referred object(s)),
-given the boxes of the scene's other objects, in [0, 1]::
+Held-out compositions
+---------------------
+:data:`HELD_OUT_PAIRS` are five colour-shape pairs (each colour and each shape at most once)
+that training scenes never contain (``make_scene(..., held_out=False)``): every colour and every
+shape is seen in training, those pairs are not. Validation and test scenes draw from all 30.
 
-    q = containment**4 * (0.35 * fill + 0.35 * balance + 0.30 * margin) - 0.30 * sum(cut_k)
-
-=================  ==========================================================================
-``containment``    fraction of the subject's area inside the crop (to the 4th power: cutting
-                   the subject is the worst mistake)
-``fill``           subject area / crop area: 1 between 0.20 and 0.45, falling linearly to 0 at
-                   0.04 (subject tiny) and at 0.90 (no room around it)
-``balance``        mean over the two axes of min(margin) / max(margin) of the opposite margins
-``margin``         mean over the four sides of min(1, margin / (0.15 * subject side))
-``cut_k``          for each other object: 1 when 10%-90% of its area is inside the crop, falling
-                   linearly to 0 at 0% and 100% (cutting through an object lowers the score)
-=================  ==========================================================================
-
-clipped to [0, 1]. GAIC-style annotations give crops MOS ``1 + 4 q`` (GAIC's 1..5 scale):
-:func:`grid_candidates` on a 12 x 12 grid, the best ones and a spread of the rest. The
-"human" crops of a query (:func:`target_crops`) are the rule's best crops under different
-margins and aspect ratios: for each aspect ratio in (1:1, 4:3, 3:4) and subject fill in
-(0.25, 0.4), the crop of that shape centred on the subject, moved by up to 15% of its size
-where that scores better while keeping the whole subject; the best four distinct ones (shapes
-that cannot hold the whole subject inside the image are left out when others can).
+Framing
+-------
+Triangles point left or right (:attr:`ShapeObject.facing`). How a subject is framed, for the
+GAIC-format annotations (:func:`gaic_annotation`) and the human-like test boxes
+(:func:`target_crops`), is :mod:`clipcrop.synthetic.framing_rule`: a rule of its own, learnable
+from the annotations, independent of training-free mode's composition ranking.
 """
 
 from __future__ import annotations
@@ -50,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from ..modeling.composition import smaller_over_larger
-from ..ops.box_ops import intersection_np, iou_np
+from ..ops.box_ops import iou_np
+from .framing_rule import Subject, framing_quality, human_crops
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +74,17 @@ BACKGROUND_PHOTOS = (
     "grace_hopper.jpg",
 )
 
-# the crop rule (see the module docstring)
-RULE_WEIGHTS = {"fill": 0.35, "balance": 0.35, "margin": 0.30}
-CUT_PENALTY = 0.30
-FILL_POINTS = ((0.04, 0.0), (0.20, 1.0), (0.45, 1.0), (0.90, 0.0))
-MARGIN_FRAC = 0.15
-TARGET_ASPECTS = (1.0, 4 / 3, 3 / 4)
-TARGET_FILLS = (0.25, 0.40)
+#: colour-shape pairs never in a training scene, caption or detection label
+HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("red", "star"),
+    ("green", "ring"),
+    ("blue", "triangle"),
+    ("yellow", "circle"),
+    ("purple", "square"),
+)
+#: kinds that point a way, and the ways they point
+POINTING_KINDS = ("triangle",)
+FACINGS = ("left", "right")
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -101,11 +92,18 @@ TARGET_FILLS = (0.25, 0.40)
 
 @dataclass(frozen=True)
 class ShapeObject:
-    """One object: ``colour`` in :data:`COLOURS`, ``shape`` in :data:`SHAPES`, ``box`` xyxy pixels."""
+    """One object: ``colour`` in :data:`COLOURS`, ``shape`` in :data:`SHAPES`, ``box`` xyxy pixels,
+    ``facing`` the way it points (``"left"``/``"right"`` for :data:`POINTING_KINDS`, else ``""``)."""
 
     colour: str
     shape: str
     box: tuple[float, float, float, float]
+    facing: str = ""
+
+    @property
+    def held_out(self) -> bool:
+        """True for a :data:`HELD_OUT_PAIRS` pair (never seen in training)."""
+        return (self.colour, self.shape) in HELD_OUT_PAIRS
 
     @property
     def name(self) -> str:
@@ -149,6 +147,12 @@ class Scene:
         """(4,) union box of the objects ``indices``."""
         b = self.boxes()[list(indices)]
         return np.concatenate([b[:, :2].min(axis=0), b[:, 2:].max(axis=0)])
+
+    def subject(self, indices: Sequence[int]) -> Subject:
+        """The framing rule's view of the objects ``indices``: union box, kinds and facings."""
+        objs = [self.objects[i] for i in indices]
+        box = tuple(float(v) for v in self.subject_box(indices))
+        return Subject(box=box, kinds=tuple(o.shape for o in objs), facings=tuple(o.facing for o in objs))  # type: ignore[arg-type]
 
     def others(self, indices: Sequence[int]) -> np.ndarray:
         """(K, 4) boxes of every object not in ``indices``."""
@@ -229,11 +233,15 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def _shape_points(shape: str, cx: float, cy: float, side: float) -> list[tuple[float, float]] | None:
-    """Polygon vertices of polygonal shapes (None for circle, square, ring)."""
+def _shape_points(
+    shape: str, cx: float, cy: float, side: float, facing: str = ""
+) -> list[tuple[float, float]] | None:
+    """Polygon vertices of polygonal shapes (None for circle, square, ring); a triangle's point
+    is on the side it faces."""
     r = side / 2
     if shape == "triangle":
-        return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+        tip = 1.0 if facing == "right" else -1.0
+        return [(cx + tip * r, cy), (cx - tip * r, cy - r), (cx - tip * r, cy + r)]
     if shape == "star":
         pts = []
         for k in range(10):
@@ -244,8 +252,10 @@ def _shape_points(shape: str, cx: float, cy: float, side: float) -> list[tuple[f
     return None
 
 
-def _object_box(shape: str, cx: float, cy: float, side: float) -> tuple[float, float, float, float]:
-    pts = _shape_points(shape, cx, cy, side)
+def _object_box(
+    shape: str, cx: float, cy: float, side: float, facing: str = ""
+) -> tuple[float, float, float, float]:
+    pts = _shape_points(shape, cx, cy, side, facing)
     if pts is None:
         return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -274,7 +284,7 @@ def _draw(
             width=max(1, width - 2 * inset),
         )
     else:
-        pts = [(x * s, y * s) for x, y in _shape_points(obj.shape, cx, cy, side) or []]
+        pts = [(x * s, y * s) for x, y in _shape_points(obj.shape, cx, cy, side, obj.facing) or []]
         draw.polygon(pts, fill=fill, outline=outline, width=line)
 
 
@@ -292,32 +302,35 @@ def make_scene(
     size: int = SCENE_SIZE,
     min_objects: int = 2,
     max_objects: int = 5,
+    held_out: bool = True,
 ) -> Scene:
-    """Scene ``index`` of the world ``seed``: deterministic in both.
+    """Scene ``index`` of the world ``seed``: deterministic in both (and in ``held_out``).
 
     Args:
         index: scene number.
         seed: world seed (different seeds give unrelated scenes).
         size: side of the square image in pixels.
         min_objects, max_objects: object count, drawn uniformly (at least 2 are always placed).
+        held_out: False for training scenes: no object is a :data:`HELD_OUT_PAIRS` pair.
     """
     rng = np.random.default_rng([seed, index, 7])
     image = _background(rng, size)
     count = int(rng.integers(min_objects, max_objects + 1))
-    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    pairs = [(c, s) for c in COLOURS for s in SHAPES if held_out or (c, s) not in HELD_OUT_PAIRS]
     chosen = rng.permutation(len(pairs))[:count]
     objects: list[ShapeObject] = []
     geometry: list[tuple[float, float, float]] = []
     for k in chosen:
         colour, shape = pairs[int(k)]
+        facing = FACINGS[int(rng.integers(len(FACINGS)))] if shape in POINTING_KINDS else ""
         for _ in range(60):
             side = float(rng.uniform(MIN_OBJECT_FRAC, MAX_OBJECT_FRAC) * size)
             margin = side / 2 + 3
             cx = float(rng.uniform(margin, size - margin))
             cy = float(rng.uniform(margin, size - margin))
-            box = _object_box(shape, cx, cy, side)
+            box = _object_box(shape, cx, cy, side, facing)
             if all(_overlap(box, o.box) <= MAX_OVERLAP for o in objects):
-                objects.append(ShapeObject(colour, shape, tuple(round(v, 2) for v in box)))
+                objects.append(ShapeObject(colour, shape, tuple(round(v, 2) for v in box), facing))
                 geometry.append((cx, cy, side))
                 break
     scale = 2  # draw at twice the size and downsample: anti-aliased edges
@@ -331,58 +344,7 @@ def make_scene(
     return Scene(seed=seed, index=index, image=image, objects=objects)
 
 
-# ----------------------------------------------------------------------------- the crop rule
-
-
-def crop_quality_terms(crops: np.ndarray, subject: np.ndarray, others: np.ndarray) -> dict[str, np.ndarray]:
-    """Each term of :func:`crop_quality` as a (C,) array (see the module docstring).
-
-    Args:
-        crops: (C, 4) xyxy crops; subject: (4,) the subject's box; others: (K, 4) the other
-            objects' boxes (K may be 0). Any unit, the same for all three.
-    """
-    crops = np.asarray(crops, dtype=np.float64).reshape(-1, 4)
-    subject = np.asarray(subject, dtype=np.float64).reshape(4)
-    others = np.asarray(others, dtype=np.float64).reshape(-1, 4)
-    sw, sh = max(subject[2] - subject[0], 1e-9), max(subject[3] - subject[1], 1e-9)
-    s_area = sw * sh
-    c_area = np.maximum((crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1]), 1e-9)
-    containment = intersection_np(crops, subject[None])[:, 0] / s_area
-    fill = s_area / c_area
-    xs, ys = zip(*FILL_POINTS, strict=True)
-    fill_term = np.interp(fill, xs, ys)
-    left = np.clip(subject[0] - crops[:, 0], 0.0, None)
-    right = np.clip(crops[:, 2] - subject[2], 0.0, None)
-    top = np.clip(subject[1] - crops[:, 1], 0.0, None)
-    bottom = np.clip(crops[:, 3] - subject[3], 0.0, None)
-    balance = 0.5 * (smaller_over_larger(left, right) + smaller_over_larger(top, bottom))
-    margin = np.mean(
-        [
-            np.minimum(1.0, left / (MARGIN_FRAC * sw)),
-            np.minimum(1.0, right / (MARGIN_FRAC * sw)),
-            np.minimum(1.0, top / (MARGIN_FRAC * sh)),
-            np.minimum(1.0, bottom / (MARGIN_FRAC * sh)),
-        ],
-        axis=0,
-    )
-    if len(others):
-        o_area = np.maximum((others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1]), 1e-9)
-        frac = intersection_np(crops, others) / o_area[None]
-        cut = np.clip(np.minimum(frac, 1.0 - frac) / 0.1, 0.0, 1.0).sum(axis=1)
-    else:
-        cut = np.zeros(len(crops))
-    return {"containment": containment, "fill": fill_term, "balance": balance, "margin": margin, "cut": cut}
-
-
-def crop_quality(crops: np.ndarray, subject: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """The composition rule: (C, 4) xyxy crops -> (C,) quality in [0, 1] (module docstring)."""
-    return _quality(crop_quality_terms(crops, subject, others))
-
-
-def _quality(t: dict[str, np.ndarray]) -> np.ndarray:
-    """:func:`crop_quality` from the terms :func:`crop_quality_terms` returned."""
-    body = sum(RULE_WEIGHTS[k] * t[k] for k in RULE_WEIGHTS)
-    return np.clip(t["containment"] ** 4 * body - CUT_PENALTY * t["cut"], 0.0, 1.0)
+# ----------------------------------------------------------------------------- framing and annotations
 
 
 def quality_to_mos(quality: np.ndarray) -> np.ndarray:
@@ -417,16 +379,19 @@ def grid_candidates(
 def gaic_annotation(
     scene: Scene, indices: Sequence[int], rng: np.random.Generator, n_best: int = 8, n_rest: int = 56
 ) -> tuple[np.ndarray, np.ndarray]:
-    """GAIC-style annotated crops of ``scene`` for the subject ``indices``.
+    """GAIC-style annotated crops of ``scene`` for the subject ``indices``, scored by the framing
+    rule (:func:`clipcrop.synthetic.framing_rule.framing_quality`).
 
-    The ``n_best`` best grid candidates under the rule plus ``n_rest`` drawn from the others
-    (spread over the quality range: stratified by rank), each with its MOS (1..5, 2 decimals).
+    The subject's human-like frames (:func:`target_crops`) and grid candidates
+    (:func:`grid_candidates`): the ``n_best`` best of them all, plus ``n_rest`` drawn from the
+    others (spread over the quality range: stratified by rank), each with its MOS (1..5, 2 decimals).
 
     Returns:
         (K, 4) float64 xyxy pixel crops and (K,) float64 MOS.
     """
-    cands = grid_candidates(scene.width, scene.height)
-    q = crop_quality(cands, scene.subject_box(indices), scene.others(indices))
+    subject = scene.subject(indices)
+    cands = np.concatenate([target_crops(scene, indices), grid_candidates(scene.width, scene.height)])
+    q = framing_quality(cands, subject, scene.width, scene.height)
     order = np.argsort(-q, kind="stable")
     best = order[:n_best]
     rest = order[n_best:]
@@ -439,62 +404,13 @@ def gaic_annotation(
     return cands[keep], np.round(quality_to_mos(q[keep]), 2)
 
 
-def _shaped_crop(
-    subject: np.ndarray, aspect: float, fill: float, width: int, height: int
-) -> tuple[float, float]:
-    """(crop width, crop height) of the given aspect whose area makes the subject fill ``fill`` of
-    it, grown to hold the subject with 5% margins, shrunk to fit the image."""
-    sw, sh = subject[2] - subject[0], subject[3] - subject[1]
-    area = sw * sh / fill
-    cw, ch = np.sqrt(area * aspect), np.sqrt(area / aspect)
-    grow = max(1.0, 1.1 * sw / cw, 1.1 * sh / ch)
-    cw, ch = cw * grow, ch * grow
-    shrink = min(1.0, width / cw, height / ch)
-    return float(cw * shrink), float(ch * shrink)
-
-
-def target_crops(scene: Scene, indices: Sequence[int], max_crops: int = 4) -> np.ndarray:
-    """The "human" crops of a query about objects ``indices``: the rule's best crop for each aspect
-    ratio and subject fill (module docstring), best first, near-duplicates (IoU > 0.85) removed.
+def target_crops(scene: Scene, indices: Sequence[int], max_crops: int = 3) -> np.ndarray:
+    """The "human" crops of a query about objects ``indices``: the framing rule's ideal frame
+    first, then its looser and tighter siblings (:func:`clipcrop.synthetic.framing_rule.human_crops`).
 
     Returns (K, 4) float64 xyxy pixels, 1 <= K <= ``max_crops``.
     """
-    subject = scene.subject_box(indices)
-    others = scene.others(indices)
-    w, h = scene.width, scene.height
-    scx, scy = (subject[0] + subject[2]) / 2, (subject[1] + subject[3]) / 2
-    steps = np.linspace(-0.15, 0.15, 5)
-    # centred first, so that it wins ties
-    shifts = sorted(((dx, dy) for dx in steps for dy in steps), key=lambda d: (abs(d[0]) + abs(d[1]), d))
-    found: list[tuple[float, bool, np.ndarray]] = []
-    for aspect in TARGET_ASPECTS:
-        for fill in TARGET_FILLS:
-            cw, ch = _shaped_crop(subject, aspect, fill, w, h)
-            boxes = []
-            for dx, dy in shifts:
-                x0 = float(np.clip(scx - cw / 2 + dx * cw, 0.0, w - cw))
-                y0 = float(np.clip(scy - ch / 2 + dy * ch, 0.0, h - ch))
-                boxes.append([x0, y0, x0 + cw, y0 + ch])
-            boxes_arr = np.asarray(boxes)
-            terms = crop_quality_terms(boxes_arr, subject, others)
-            q = _quality(terms)
-            # a person keeps the whole subject whenever the crop's shape allows it
-            whole = terms["containment"] >= 1.0 - 1e-9
-            if whole.any():
-                q = np.where(whole, q, -1.0)
-            best = int(np.argmax(q))
-            found.append((float(q[best]), bool(whole[best]), boxes_arr[best]))
-    if any(whole for _, whole, _ in found):  # shapes that cannot hold the subject are not offered
-        found = [f for f in found if f[1]]
-    found.sort(key=lambda t: -t[0])
-    out: list[np.ndarray] = []
-    for _, _, box in found:
-        if out and iou_np(box, np.asarray(out)).max() > 0.85:
-            continue
-        out.append(box)
-        if len(out) >= max_crops:
-            break
-    return np.round(np.asarray(out), 2)
+    return human_crops(scene.subject(indices), scene.width, scene.height)[:max_crops]
 
 
 def crop_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -502,12 +418,21 @@ def crop_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(iou_np(a, b)[0, 0])
 
 
-def distinct_pair(scene: Scene, rng: np.random.Generator, max_iou: float = 0.3) -> tuple[int, int] | None:
-    """Two objects whose best target crops overlap little (IoU <= ``max_iou``), chosen at random
-    among such pairs; None when the scene has none (objects too close to tell crops apart)."""
+def distinct_pair(
+    scene: Scene, rng: np.random.Generator, max_iou: float = 0.3, prefer_held_out: bool = False
+) -> tuple[int, int] | None:
+    """Two objects whose ideal frames overlap little (IoU <= ``max_iou``), chosen at random among
+    such pairs; None when the scene has none (objects too close to tell crops apart).
+
+    ``prefer_held_out``: choose among the pairs with a :data:`HELD_OUT_PAIRS` object when there
+    are any (test queries about unseen compositions).
+    """
     n = len(scene.objects)
     best = [target_crops(scene, [i], max_crops=1)[0] for i in range(n)]
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if crop_iou(best[i], best[j]) <= max_iou]
+    if prefer_held_out:
+        unseen = [p for p in pairs if any(scene.objects[k].held_out for k in p)]
+        pairs = unseen or pairs
     if not pairs:
         return None
     i, j = pairs[int(rng.integers(len(pairs)))]
@@ -516,14 +441,15 @@ def distinct_pair(scene: Scene, rng: np.random.Generator, max_iou: float = 0.3) 
 
 __all__ = [
     "COLOURS",
+    "FACINGS",
+    "HELD_OUT_PAIRS",
+    "POINTING_KINDS",
     "SHAPES",
     "SCENE_SIZE",
     "Scene",
     "ShapeObject",
     "backgrounds_available",
     "crop_iou",
-    "crop_quality",
-    "crop_quality_terms",
     "describe",
     "distinct_pair",
     "gaic_annotation",
