@@ -28,6 +28,7 @@ COMMANDS = {
     "batch": ("batch", "crop a folder or manifest at scale on Ray Data (resumable)"),
     "train": ("train", "train the ClipCrop decoder on GAIC with text annotations"),
     "evaluate": ("evaluate", "measure a model on GAIC or TextCrop-format data"),
+    "check-data": ("check_data", "check a GAIC folder and its captions before training (every problem found)"),
     "finetune-backbone": ("finetune", "fine-tune OWL-ViT for open-vocabulary detection"),
     "demo-shapes": ("demo", "render synthetic scenes cropped for two queries each"),
     "make-random-backbone": ("make_random", "write a randomly initialised OWL-ViT (tests, speed work)"),

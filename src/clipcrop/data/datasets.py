@@ -98,6 +98,54 @@ class GaicSample:
         return int(np.argmax(self.mos))
 
 
+@dataclass(frozen=True)
+class CropLine:
+    """One rated line of a GAIC annotation file.
+
+    Attributes:
+        box_xyxy_px: the crop as ``x0, y0, x1, y1`` upright pixels, clipped to the image (GAIC's
+            rounding spills over by a pixel at times).
+        mos: its mean opinion score.
+        outside_px: how far the crop as written reached outside the image (0 when inside).
+    """
+
+    box_xyxy_px: tuple[float, float, float, float]
+    mos: float
+    outside_px: float
+
+
+def parse_crop_line(line: str, width: int, height: int) -> CropLine | None:
+    """Parse ``"y1 x1 y2 x2 MOS"`` (spaces or commas) of a ``width`` x ``height`` image.
+
+    Returns:
+        The crop, or None for a blank line and for GAIC's unrated rows (MOS -2).
+
+    Raises:
+        ValueError: the message says what is wrong with the line (without its place).
+    """
+    fields = line.replace(",", " ").split()
+    if not fields:
+        return None
+    if len(fields) != 5:
+        raise ValueError(f"expected 'y1 x1 y2 x2 MOS', got {line.strip()!r}")
+    try:
+        y1, x1, y2, x2, score = (float(v) for v in fields)
+    except ValueError:
+        raise ValueError(f"non-numeric value in {line.strip()!r}") from None
+    if score == GAIC_INVALID_MOS:
+        return None
+    if not all(math.isfinite(v) for v in (y1, x1, y2, x2, score)):
+        raise ValueError(f"non-finite value in {line.strip()!r}")
+    outside = max(0.0, -x1, -y1, x2 - width, y2 - height)
+    x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+    y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(
+            f"empty crop {line.strip()!r} (order is y1 x1 y2 x2 MOS) for a {width}x{height} image"
+        )
+    return CropLine((x1, y1, x2, y2), score, outside)
+
+
 def _parse_gaic_annotation(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     boxes: list[tuple[float, float, float, float]] = []
     mos: list[float] = []
@@ -106,29 +154,13 @@ def _parse_gaic_annotation(path: Path, width: int, height: int) -> tuple[np.ndar
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot read annotation file ({exc})") from None
     for lineno, line in enumerate(text.splitlines(), start=1):
-        fields = line.replace(",", " ").split()
-        if not fields:
-            continue
-        if len(fields) != 5:
-            raise DatasetError(f"{path}:{lineno}: expected 'y1 x1 y2 x2 MOS', got {line.strip()!r}")
         try:
-            y1, x1, y2, x2, score = (float(v) for v in fields)
-        except ValueError:
-            raise DatasetError(f"{path}:{lineno}: non-numeric value in {line.strip()!r}") from None
-        if score == GAIC_INVALID_MOS:
-            continue
-        if not all(math.isfinite(v) for v in (y1, x1, y2, x2, score)):
-            raise DatasetError(f"{path}:{lineno}: non-finite value in {line.strip()!r}")
-        # Crops are meant to lie inside the image; clip rounding spill-over, refuse empty boxes.
-        x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-        y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-        if x2 <= x1 or y2 <= y1:
-            raise DatasetError(
-                f"{path}:{lineno}: empty crop {line.strip()!r} (order is y1 x1 y2 x2 MOS) "
-                f"for a {width}x{height} image"
-            )
-        boxes.append((x1, y1, x2, y2))
-        mos.append(score)
+            crop = parse_crop_line(line, width, height)
+        except ValueError as exc:
+            raise DatasetError(f"{path}:{lineno}: {exc}") from None
+        if crop is not None:
+            boxes.append(crop.box_xyxy_px)
+            mos.append(crop.mos)
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(mos, dtype=np.float64)
 
 
@@ -355,10 +387,12 @@ def load_textcrop(
 
 __all__ = [
     "CAPTION_FILES",
+    "CropLine",
     "GAIC_INVALID_MOS",
     "GaicSample",
     "TextCropSample",
     "image_size",
     "load_gaic",
     "load_textcrop",
+    "parse_crop_line",
 ]
