@@ -112,6 +112,50 @@ def test_worker_keeps_names_opens_paths_and_caches_conditions(tiny_backbone_dir,
     assert [json.loads(x) for x in rows["line"]] == out
 
 
+def test_worker_leaves_the_process_settings_as_they_were(tiny_backbone_dir, tmp_path):
+    """A worker built in the caller's process (not a Ray actor) puts back what it changes while
+    loading and working: environment variables, torch's threads, the libraries' log levels."""
+    import numpy as np
+    import torch
+
+    from clipcrop.batch.worker import TRACE_ENV, CropWorker
+    from clipcrop.limits import Limits
+
+    shutil.copy(sample_photo("coffee.png"), tmp_path / "c.png")
+    trace = tmp_path / "trace.jsonl"
+    threads = torch.get_num_threads()
+    hf_log = logging.getLogger("transformers")
+    hf_level = hf_log.level
+    assert TRACE_ENV not in os.environ
+    worker = CropWorker(
+        str(tiny_backbone_dir), "cpu", "fp32", None, Limits(), 2, None,
+        num_threads=threads + 1, env={TRACE_ENV: str(trace)},
+    )  # fmt: skip
+    assert TRACE_ENV not in os.environ and torch.get_num_threads() == threads and hf_log.level == hf_level
+    seen = []
+    real_crop = worker.crop_items
+    worker.crop_items = lambda *a: seen.append((torch.get_num_threads(), hf_log.level)) or real_crop(*a)
+    rows = worker({"item": np.array([json.dumps([str(tmp_path / "c.png"), "a cup", None])], dtype=object)})
+    assert list(rows["failed"]) == [False]
+    assert seen == [(threads + 1, logging.ERROR)]  # while it works: its own settings
+    assert TRACE_ENV not in os.environ and torch.get_num_threads() == threads and hf_log.level == hf_level
+    # the forwarded variable did reach the worker: it traced the input
+    assert [json.loads(line)[:3] for line in trace.read_text().splitlines()] == [
+        [str(tmp_path / "c.png"), "a cup", None]
+    ]
+
+
+def test_orphaned_worker_stops_outside_ray_with_an_error():
+    import subprocess as sp
+
+    from clipcrop.batch.worker import DriverGoneError, stop_orphaned_worker
+
+    p = sp.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    with pytest.raises(DriverGoneError, match=f"pid {p.pid}"):
+        stop_orphaned_worker(p.pid)  # in a Ray actor: ray.actor.exit_actor, never os._exit
+
+
 def test_folder_run_matches_one_by_one_crops(ray_session, photo_dir, tiny_clipcrop_dir, tiny_cc, tmp_path):
     out = tmp_path / "results.jsonl"
     config = BatchConfig(
@@ -121,7 +165,18 @@ def test_folder_run_matches_one_by_one_crops(ray_session, photo_dir, tiny_clipcr
         model=str(tiny_clipcrop_dir),
         batch_size=2,
     )
-    summary = run_batch(config)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    bars_before, ray_data_log = ctx.enable_progress_bars, logging.getLogger("ray.data")
+    level_before = ray_data_log.level
+    ray_data_log.setLevel(logging.DEBUG)
+    try:
+        summary = run_batch(config)
+        # Ray Data's settings are the caller's again: the job turned the bars off and the logger down
+        assert ctx.enable_progress_bars == bars_before and ray_data_log.level == logging.DEBUG
+    finally:
+        ray_data_log.setLevel(level_before)
     lines = read_results(out)
     images = sorted(str(p) for p in photo_dir.rglob("*") if p.suffix in (".png", ".jpg"))
     assert Counter(d["image"] for d in lines) == Counter(images)  # every input exactly once
@@ -179,7 +234,8 @@ def test_manifest_with_queries_relative_paths_and_image_query(
 
 
 def test_batch_cli_equals_crop_json(ray_session, photo_dir, tiny_backbone_dir, tmp_path):
-    common = ["--query", "a rocket", "--model", str(tiny_backbone_dir)]
+    # the query is cleaned (whitespace collapsed) in success and error lines alike
+    common = ["--query", "  a   rocket ", "--model", str(tiny_backbone_dir)]
     crop = subprocess.run(
         [sys.executable, "-m", "clipcrop.cli", "crop", str(photo_dir), "--json", "--quiet", *common],
         capture_output=True,
@@ -204,9 +260,11 @@ def test_batch_cli_equals_crop_json(ray_session, photo_dir, tiny_backbone_dir, t
     want = {d["image"]: d for d in map(json.loads, crop.stdout.splitlines())}
     got = {d["image"]: d for d in read_results(out)}
     assert set(got) == set(want) and len(got) == len(read_results(out))
+    assert [d["query"] for d in want.values()] == ["a rocket"] * len(want)
     for image, d in want.items():
         if d["error"]:
-            assert got[image]["error"] == d["error"] and got[image]["crops"] == []
+            # the same object, built by one function; batch adds the options it keys inputs by
+            assert got[image] == {**d, "top_k": 5, "aspect": None}
         else:
             assert_same_crops(got[image], d)
 
@@ -397,8 +455,11 @@ def test_crop_options_per_line_and_crop_pictures(ray_session, tiny_clipcrop_dir,
     # re-run: nothing to do; a new job into the same folder is refused before anything runs
     assert run_batch(config).skipped == 6
     fresh = tmp_path / "r2.jsonl"
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="set overwrite=True to replace them") as refused:
         run_batch(BatchConfig(**{**config.__dict__, "out": str(fresh)}))
+    assert "--" not in str(refused.value)  # a library message: parameters, not the CLI's flags
+    found = {p.relative_to(crops).as_posix() for p in refused.value.found}
+    assert found and found <= written
     assert not fresh.exists()
     # asked to: replaced, and without the EXIF
     stripped = BatchConfig(
@@ -419,7 +480,11 @@ def test_batch_cli_crop_flags_are_checked_before_ray(tiny_clipcrop_dir, tmp_path
     base = [sys.executable, "-m", "clipcrop.cli", "batch", str(photos), "--out", str(tmp_path / "r.jsonl")]
     base += ["--model", str(tiny_clipcrop_dir)]
     for extra, needle in [
-        (["--crops-out", str(tmp_path / "crops"), "--top-k", "2"], "c_crop1.jpg already exists"),
+        (
+            ["--crops-out", str(tmp_path / "crops"), "--top-k", "2"],
+            "c_crop1.jpg already exists; pass --overwrite",
+        ),
+        (["--crops-out", str(tmp_path / "crops" / "c_crop1.jpg")], "--crops-out " + str(tmp_path / "crops")),
         (["--strip-metadata"], "--strip-metadata needs --crops-out DIR"),
         (["--top-k", "13"], "top_k must be between 1 and 12"),
         (["--aspect", "0:1"], "aspect"),

@@ -357,3 +357,60 @@ def test_manifest_inside_folder_names_follow_the_manifest(tmp_path):
     manifest.write_text("")
     items = [BatchItem(str(tmp_path / "img" / "a.jpg")), BatchItem(str(tmp_path / "b.jpg"))]
     assert [s.as_posix() for s in plan_stems(items, str(manifest)).values()] == ["img/a", "b"]
+
+
+def test_library_messages_name_the_config_fields_not_the_flags(tmp_path):
+    from clipcrop.batch.config import BatchConfig
+    from clipcrop.batch.driver import run_batch
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"x")
+    (tmp_path / "file").write_text("x")
+    base = {"input": str(tmp_path / "photos"), "out": str(tmp_path / "r.jsonl")}
+    for changes, message in [
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"num_workers": 0}, "num_workers must be at least 1, got 0"),
+        ({"out": str(tmp_path)}, f"out {tmp_path}: is a folder; give the results file (JSONL)"),
+        ({"image_query": str(tmp_path / "no.png")}, f"image_query {tmp_path / 'no.png'}: no such file"),
+        ({"strip_icc": True}, "strip_metadata and strip_icc need crops_out, the folder crops are written to"),
+        (
+            {"crops_out": str(tmp_path / "file")},
+            f"crops_out {tmp_path / 'file'}: is a file; give the folder to write crops to",
+        ),
+    ]:
+        with pytest.raises(ParameterError) as caught:
+            run_batch(BatchConfig(**{**base, **changes}))
+        assert str(caught.value) == message
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_failed_input_line_is_one_shape_for_crop_and_batch():
+    from clipcrop.batch.manifest import BatchItem
+    from clipcrop.io.result_lines import failed_crop_line
+
+    assert failed_crop_line("a.jpg", "a cat", "a.jpg: unreadable") == {
+        "image": "a.jpg",
+        "width": None,
+        "height": None,
+        "query": "a cat",
+        "crops": [],
+        "error": "a.jpg: unreadable",
+    }
+    line = BatchItem("a.jpg", None, "q.png", "a.jpg: bad", 3, "1:1").error_line()
+    assert list(line) == [
+        "image",
+        "width",
+        "height",
+        "query",
+        "crops",
+        "error",
+        "image_query",
+        "top_k",
+        "aspect",
+    ]
+    assert (line["image_query"], line["top_k"], line["aspect"], line["error"]) == (
+        "q.png",
+        3,
+        "1:1",
+        "a.jpg: bad",
+    )

@@ -222,7 +222,8 @@ def test_upload_too_large(tiny_cc, small_jpeg, photo):
     with TestClient(create_app(tiny_cc, limits)) as c:
         # a body above the request limit: refused on its Content-Length, before it is read
         body = assert_error(post(c, image=("a.png", photo)), 413, "file_too_large")
-        assert "MB" in body["error"]["message"]
+        # the server's limit, in words for the client: no server flag (--max-upload-mb) in it
+        assert body["error"]["message"].endswith("; the limit is 0.0 MB per image")
         # a file just above the per-image limit but within the request limit
         padded = small_jpeg[:10_000] + b"\0" * 15_000
         assert_error(post(c, image=("a.jpg", padded)), 413, "file_too_large")
@@ -505,3 +506,20 @@ def test_schemathesis_finds_no_server_error(tiny_cc):
         for mode in modes:
             fuzz(operation.label, operation.as_strategy(generation_mode=mode))
     assert {"POST /v1/crop", "POST /v1/crop/image", "GET /ready"} <= set(seen)
+
+
+def test_the_walk_keeps_its_types():
+    """A request's way through the service is typed: the predictor is a ClipCrop, the uploads and
+    what the worker returns are named dataclasses (no tuple picked by position)."""
+    import dataclasses
+
+    from clipcrop.serve.jobs import CroppedUpload, CropPicture, DecodedUploads, Job, Upload
+    from clipcrop.serve.state import ServiceState
+
+    assert Job.__annotations__["predictor"] == "ClipCrop"
+    assert Job.__annotations__["image"] == "Upload" and Job.__annotations__["image_query"] == "Upload | None"
+    assert ServiceState.require_predictor.__annotations__["return"] == "ClipCrop"
+    assert [f.name for f in dataclasses.fields(DecodedUploads)] == ["image", "query_image", "seconds"]
+    assert [f.name for f in dataclasses.fields(CroppedUpload)] == ["loaded", "result"]
+    assert [f.name for f in dataclasses.fields(CropPicture)] == ["data", "media_type", "result"]
+    assert [f.name for f in dataclasses.fields(Upload)] == ["data", "name"]

@@ -15,14 +15,14 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import ClipCropError, ModelLoadError, OutputExistsError, ParameterError
+from ..errors import ClipCropError, ModelLoadError, ParameterError
 from ..limits import Limits
 from ..validation import validate_query, validate_query_pair
 from .config import BatchConfig, BatchSummary
 from .manifest import BatchItem, ItemDefaults, check_options, collect_items
-from .outputs import existing_targets, plan_stems
+from .outputs import CropsExistError, existing_targets, plan_stems
 from .ray_pool import run_on_ray
-from .results import ResultsWriter, lock_results, plan_batch
+from .results import BatchPlan, ResultsWriter, lock_results, plan_batch
 
 logger = logging.getLogger(__name__)
 
@@ -31,21 +31,15 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     """Run (or resume) a batch job; returns its summary (the caller prints it).
 
     Raises:
-        ParameterError: bad input path or settings (before Ray starts).
+        ParameterError: bad input path or settings (before Ray starts); messages name the
+            :class:`BatchConfig` fields.
+        CropsExistError: a new job would replace crop pictures and ``overwrite`` is not set.
         ClipCropError: the job could not run (e.g. the model failed to load in the workers);
             results written so far are kept and a re-run resumes from them.
     """
     t0 = time.perf_counter()
-    if config.batch_size < 1:
-        raise ParameterError("--batch-size must be at least 1")
-    if config.num_workers is not None and config.num_workers < 1:
-        raise ParameterError("--num-workers must be at least 1")
-    limits = Limits.from_env(max_pixels=int(config.max_megapixels * 1e6) if config.max_megapixels else None)
+    limits = _check_config(config)
     out = Path(config.out)
-    if out.is_dir():
-        raise ParameterError(f"--out {out}: is a folder; give the results file (JSONL)")
-    if config.ray_address is None:
-        _check_local_model(config.model)
     items = _job_items(config, limits)
     fresh = not out.exists() or out.stat().st_size == 0  # a new job, not a resumed one
     stems = _crop_stems(config, items, fresh)
@@ -53,22 +47,10 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     lock = lock_results(out)  # one job per results file, or lines could be written twice
     try:
         plan = plan_batch(items, out)
-        if stems and not fresh and not config.overwrite:
-            left = existing_targets(plan.pending, stems, config.crops_out or "")
-            if left:
-                logger.warning(
-                    "replacing %d picture(s) left in %s by the interrupted run", len(left), config.crops_out
-                )
         if plan.state.dropped_lines:  # the repair replaced the file: hold the lock on the new one
             lock, old = lock_results(out), lock
             os.close(old)
-            logger.warning(
-                "%s: dropped %d line(s) that were not valid results", out, plan.state.dropped_lines
-            )
-        if plan.state.torn_bytes:
-            logger.warning(
-                "%s: cut away a torn last line (%d bytes) left by an interruption", out, plan.state.torn_bytes
-            )
+        _report_repairs(config, out, plan, stems, fresh)
         summary = BatchSummary(
             total=len(plan.items),
             skipped=plan.skipped,
@@ -91,18 +73,45 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     return summary
 
 
+def _check_config(config: BatchConfig) -> Limits:
+    """The job's limits, once the settings that need no input are checked (ParameterError)."""
+    if config.batch_size < 1:
+        raise ParameterError(f"batch_size must be at least 1, got {config.batch_size}")
+    if config.num_workers is not None and config.num_workers < 1:
+        raise ParameterError(f"num_workers must be at least 1, got {config.num_workers}")
+    if Path(config.out).is_dir():
+        raise ParameterError(f"out {config.out}: is a folder; give the results file (JSONL)")
+    if config.ray_address is None:
+        _check_local_model(config.model)
+    return Limits.from_env(max_pixels=int(config.max_megapixels * 1e6) if config.max_megapixels else None)
+
+
+def _report_repairs(config: BatchConfig, out: Path, plan: BatchPlan, stems: dict, fresh: bool) -> None:
+    """Log what resuming changed: pictures an interrupted run left, lines repaired in ``out``."""
+    if stems and not fresh and not config.overwrite:
+        left = existing_targets(plan.pending, stems, config.crops_out or "")
+        if left:
+            logger.warning(
+                "replacing %d picture(s) left in %s by the interrupted run", len(left), config.crops_out
+            )
+    if plan.state.dropped_lines:
+        logger.warning("%s: dropped %d line(s) that were not valid results", out, plan.state.dropped_lines)
+    if plan.state.torn_bytes:
+        logger.warning(
+            "%s: cut away a torn last line (%d bytes) left by an interruption", out, plan.state.torn_bytes
+        )
+
+
 def _job_items(config: BatchConfig, limits: Limits) -> list[BatchItem]:
     """The job's inputs, every job-wide setting checked first (ParameterError before Ray starts)."""
     validate_query_pair(config.query, config.image_query)
     validate_query(config.query, limits)
     if config.image_query is not None and not Path(config.image_query).is_file():
-        raise ParameterError(f"--image-query {config.image_query}: no such file")
+        raise ParameterError(f"image_query {config.image_query}: no such file")
     if (config.strip_metadata or config.strip_icc) and not config.crops_out:
-        raise ParameterError(
-            "--strip-metadata and --strip-icc need --crops-out DIR, the folder crops are written to"
-        )
+        raise ParameterError("strip_metadata and strip_icc need crops_out, the folder crops are written to")
     if config.crops_out and Path(config.crops_out).exists() and not Path(config.crops_out).is_dir():
-        raise ParameterError(f"--crops-out {config.crops_out}: is a file; give the folder to write crops to")
+        raise ParameterError(f"crops_out {config.crops_out}: is a file; give the folder to write crops to")
     max_k = _known_max_top_k(config, limits)
     check_options(config.top_k, config.aspect_ratio, max_k)
     defaults = ItemDefaults(config.image_query, config.top_k, config.aspect_ratio, max_k)
@@ -125,34 +134,25 @@ def _known_max_top_k(config: BatchConfig, limits: Limits) -> int | None:
 
 def _crop_stems(config: BatchConfig, items: list[BatchItem], fresh: bool) -> dict:
     """Names of the crop pictures (none without ``crops_out``); a new job refuses pictures that
-    exist unless ``overwrite``, before anything is written."""
+    exist unless ``overwrite``, before anything is written (:class:`CropsExistError`)."""
     if not config.crops_out:
         return {}
     stems = plan_stems(items, config.input)
     if fresh and not config.overwrite:
         found = existing_targets(items, stems, config.crops_out)
         if found:
-            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-            raise OutputExistsError(
-                f"{found[0]} already exists{more}; pass --overwrite to replace, or choose another --crops-out"
-            )
+            raise CropsExistError(found)
     return stems
 
 
 def _check_local_model(model: str | None) -> None:
-    """Fail fast (before Ray starts) on a local model folder that cannot be right."""
-    name = model or os.environ.get("CLIPCROP_MODEL")
-    if not name:
+    """Fail fast (before Ray starts) on a local model folder that cannot be right; a Hub id is
+    left to the workers (they download it or find it in the cache)."""
+    from ..model_source import folder_problem, looks_local, model_name
+
+    name = model_name(model)
+    if not looks_local(name):
         return
-    p = Path(name).expanduser()
-    looks_local = name.startswith(("/", ".", "~")) or p.exists()
-    if not looks_local:
-        return  # a Hub id: the workers download or find it in the cache
-    if not p.exists():
-        raise ModelLoadError(f"{name}: no such folder")
-    if not p.is_dir():
-        raise ModelLoadError(f"{name}: is a file; pass the folder that holds config.json and the weights")
-    if not (p / "config.json").is_file():
-        raise ModelLoadError(
-            f"{name}: folder has no config.json; it is not a saved OWL-ViT or ClipCrop model"
-        )
+    problem = folder_problem(name)
+    if problem is not None:
+        raise ModelLoadError(problem)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClipCropError, ParameterError
+from ..io.result_lines import failed_crop_line
 from ..limits import Limits
 from ..validation import validate_query, validate_query_pair
 
@@ -49,30 +50,16 @@ class BatchItem:
         return item_key(self.image, self.query, self.image_query, self.top_k, self.aspect)
 
     def error_line(self, message: str | None = None) -> dict:
-        """The result object of a failed input (same shape as ``clipcrop crop --json``)."""
-        return error_result(
+        """The result object of a failed input (as ``clipcrop crop --json``'s, with ``top_k`` and
+        ``aspect``)."""
+        return failed_crop_line(
             self.image,
             self.query,
-            self.image_query,
             message or self.error or "failed",
-            self.top_k,
-            self.aspect,
+            image_query=self.image_query,
+            top_k=self.top_k,
+            aspect=self.aspect,
         )
-
-
-def error_result(
-    image: str,
-    query: str | None,
-    image_query: str | None,
-    message: str,
-    top_k: Any = DEFAULT_TOP_K,
-    aspect: Any = None,
-) -> dict:
-    out = {"image": image, "width": None, "height": None, "query": query, "crops": [], "error": message}
-    if image_query is not None:
-        out["image_query"] = image_query
-    out.update(top_k=top_k, aspect=aspect)
-    return out
 
 
 def _hashable(value: Any) -> Any:

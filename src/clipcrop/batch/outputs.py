@@ -20,7 +20,24 @@ from collections.abc import Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
+from ..errors import OutputExistsError
 from ..io.output_names import crop_path, output_stems
+from .manifest import MANIFEST_SUFFIXES
+
+
+class CropsExistError(OutputExistsError):
+    """Crop pictures a new job would write exist already; ``found`` holds their paths.
+
+    The message speaks of :class:`~clipcrop.batch.config.BatchConfig`'s fields (``overwrite``,
+    ``crops_out``); ``clipcrop batch`` words it with its flags from :attr:`what`.
+    """
+
+    def __init__(self, found: Sequence[Path]) -> None:
+        self.found = list(found)
+        more = f" (and {len(self.found) - 1} more)" if len(self.found) > 1 else ""
+        #: which pictures exist, without what to do about them
+        self.what = f"{self.found[0]} already exists{more}"
+        super().__init__(f"{self.what}; set overwrite=True to replace them, or choose another crops_out")
 
 
 def condition_digest(query: Any, image_query: Any, top_k: Any, aspect: Any) -> str:
@@ -35,7 +52,7 @@ def _anchor(image: str, source: str) -> str | None:
     src = Path(source)
     if src.is_dir():
         return str(src)
-    if src.is_file() and src.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+    if src.is_file() and src.suffix.lower() in MANIFEST_SUFFIXES:
         base = os.path.abspath(src.parent)
         if os.path.commonpath([base, os.path.abspath(image)]) == base:
             return base
@@ -108,4 +125,4 @@ def write_crops(full: Any, result: Any, base: str, flags: dict) -> list[str]:
     return written
 
 
-__all__ = ["condition_digest", "existing_targets", "plan_stems", "write_crops"]
+__all__ = ["CropsExistError", "condition_digest", "existing_targets", "plan_stems", "write_crops"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..settings import ModelSettings
 from .crop import add_metadata_arguments, add_model_arguments
 
 
@@ -54,11 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="replace pictures that exist in --crops-out (default: a new job refuses them before starting)",
     )
     add_metadata_arguments(p)
-    add_model_arguments(p)
-    for action in p._actions:  # a batch job uses a GPU whenever Ray gives its workers one
-        if action.dest == "device":
-            action.default = "auto"
-            action.help = "cpu, cuda or auto (default auto: a GPU per worker when the Ray cluster has GPUs)"
+    # a batch job uses a GPU whenever Ray gives its workers one
+    add_model_arguments(
+        p,
+        defaults=ModelSettings(device="auto"),
+        device_help="cpu, cuda or auto (a GPU per worker when the Ray cluster has GPUs)",
+    )
     p.add_argument(
         "--ray-address",
         metavar="auto|ADDR",
@@ -88,12 +90,14 @@ def check(args: argparse.Namespace) -> None:
     if (args.strip_metadata or args.strip_icc) and not args.crops_out:
         flag = "--strip-metadata" if args.strip_metadata else "--strip-icc"
         raise ParameterError(f"{flag} needs --crops-out DIR, the folder crops are written to")
+    if args.crops_out and Path(args.crops_out).exists() and not Path(args.crops_out).is_dir():
+        raise ParameterError(f"--crops-out {args.crops_out}: is a file; give the folder to write crops to")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..batch.config import BatchConfig
     from ..batch.driver import run_batch
-    from ..errors import OutputExistsError
+    from ..batch.outputs import CropsExistError
 
     config = BatchConfig(
         input=args.input,
@@ -119,8 +123,12 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         summary = run_batch(config)
-    except OutputExistsError as exc:  # found before anything ran: a usage error, like crop's
-        print(f"clipcrop: error: {exc}", file=sys.stderr, flush=True)
+    except CropsExistError as exc:  # found before anything ran: a usage error, like crop's
+        print(
+            f"clipcrop: error: {exc.what}; pass --overwrite to replace, or choose another --crops-out",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     print(summary.line(), file=sys.stderr, flush=True)
     return summary.exit_code

@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         for item, loaded, error in _prefetch(items, cc.limits, args.batch_size, decode_seconds):
             if error is not None:
                 failed += 1
-                _emit_error(args, item, error)
+                _emit_error(args, item, error, condition)
                 progress.advance()
                 continue
             try:
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             except ClipCropError as exc:
                 for li in loaded:
                     failed += 1
-                    _emit_error(args, li.name, str(exc))
+                    _emit_error(args, li.name, str(exc), condition)
                     progress.advance()
     if args.profile:
         stage_totals["decode"] = decode_seconds[0]  # in the background thread, overlapping the model
@@ -279,21 +279,14 @@ def _emit(args, result) -> None:
     sys.stdout.flush()
 
 
-def _emit_error(args, image: str, message: str) -> None:
+def _emit_error(args, image: str, message: str, condition) -> None:
+    """A failed image: with ``--json`` its object, with the condition's cleaned query like the
+    success lines (:func:`~clipcrop.io.result_lines.failed_crop_line`); the error line on stderr."""
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "image": image,
-                    "width": None,
-                    "height": None,
-                    "query": args.query,
-                    "crops": [],
-                    "error": message,
-                }
-            ),
-            flush=True,
-        )
+        from ..io.result_lines import failed_crop_line
+
+        line = failed_crop_line(image, condition.query, message, image_query=condition.image_query)
+        print(json.dumps(line), flush=True)
     print(f"clipcrop: error: {message}", file=sys.stderr, flush=True)
 
 

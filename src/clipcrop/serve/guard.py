@@ -148,9 +148,8 @@ class Guard:
     def _too_large(self, declared: int | None) -> RequestTooLargeError:
         limit = self.service.limits.max_file_bytes
         what = f"{declared / 1e6:.1f} MB" if declared is not None else "too large"
-        return RequestTooLargeError(
-            f"upload is {what}; the limit is {limit / 1e6:.1f} MB per image (--max-upload-mb)"
-        )
+        # the client's message: the server's limit, not the flag or variable that set it
+        return RequestTooLargeError(f"upload is {what}; the limit is {limit / 1e6:.1f} MB per image")
 
 
 async def reject(send: Send, exc: ClipCropError) -> None:
