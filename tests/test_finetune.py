@@ -443,3 +443,20 @@ def test_cli_finetunes_and_resumes(scenes_dir, tiny_backbone_dir, tmp_path, caps
     with pytest.raises(SystemExit) as info:
         main(["finetune-backbone", "--data", "x", "--out", "y", "--epochs", "2", "--max-steps", "3"])
     assert info.value.code == 2
+
+
+def test_finetuning_writes_tensorboard_events(scenes_dir, tiny_backbone_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    result = finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, out, max_steps=3))
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    for tag, key in (("loss/loss_focal", "loss_focal"), ("loss/loss", "loss"), ("lr/backbone", "lr")):
+        got = acc.Scalars(tag)
+        assert [e.step for e in got] == [1, 2, 3]
+        np.testing.assert_allclose([e.value for e in got], [r[key] for r in result.history], rtol=1e-6)
+    assert "data/num_queries" in acc.Tags()["scalars"]
+    assert not (tmp_path / "none").exists()
+    finetune_backbone(cfg(scenes_dir, tiny_backbone_dir, tmp_path / "none", max_steps=1, report_to="none"))
+    assert not (tmp_path / "none" / "tensorboard").exists()

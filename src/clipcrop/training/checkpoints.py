@@ -190,7 +190,7 @@ def publish_complete(tmp: Path, out_dir: Path, step: int, log: logging.Logger, *
     the permissions the umask gives first (safetensors and copied files do not: see
     :func:`clipcrop.io.atomic_files.apply_umask`). ``keep``: see :func:`publish_checkpoint`.
     """
-    (tmp / STEP_FILE).write_text(json.dumps({"step": step}) + "\n")
+    write_step(tmp, step)
     apply_umask(tmp)
     (tmp / _COMPLETE).write_text(str(step))
     publish_checkpoint(tmp, out_dir, keep=keep)
@@ -219,6 +219,23 @@ def publish_checkpoint(tmp: Path, out_dir: Path, *, keep: int = 1) -> None:
     else:
         os.replace(tmp, out_dir)
     (out_dir / _COMPLETE).unlink(missing_ok=True)
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Make the fully written folder ``tmp`` ``target`` (``best/``) with two renames, the old one
+    removed after; permissions from the umask, as every checkpoint."""
+    apply_umask(tmp)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_step(folder: Path, step: int) -> None:
+    """Name the step of the checkpoint in ``folder`` (``checkpoint.json``)."""
+    (folder / STEP_FILE).write_text(json.dumps({"step": step}) + "\n")
 
 
 def checkpoint_step(folder: Path) -> int | None:
@@ -319,4 +336,6 @@ __all__ = [
     "publish_checkpoint",
     "publish_complete",
     "recover_checkpoint_dir",
+    "replace_folder",
+    "write_step",
 ]

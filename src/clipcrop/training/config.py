@@ -15,8 +15,10 @@ from ..modeling.backbone import DEFAULT_BACKBONE
 from ..modeling.decoder_config import DecoderConfig
 from ..modeling.model import PROMPT_TEMPLATE, VARIANTS
 from . import checkpoints, runloop
+from .reporting import REPORT_TO
 from .runloop import DEFAULT_KEEP_CHECKPOINTS, DEFAULT_SAVE_EVERY, RunResult
 from .schedule import LR_SCHEDULES
+from .validation import check_validation_settings, default_best_metric
 
 STATE_FILE = "training_state.pt"
 LOG_FILE = "train_log.jsonl"
@@ -64,6 +66,15 @@ class TrainConfig:
         keep_checkpoints: how many checkpoints to keep: the latest in ``out_dir`` and the
             ones before it in ``out_dir/checkpoints/step-N/``
             (:mod:`clipcrop.training.checkpoints`).
+        val_split: GAIC split validated at every epoch's end (and the run's); a missing split
+            folder is skipped with a warning; None: no GAIC validation.
+        val_text: a TextCrop-format folder (``annotations.json``) or manifest also validated on
+            (``text_iou_mean``, ``text_iou_max``).
+        val_limit: validate on the first N samples of each set only.
+        best_metric: the metric ``out_dir/best/`` is chosen by (higher is better; one of
+            :data:`clipcrop.training.validation.BEST_METRICS`); None: ``text_iou_mean`` with
+            ``val_text``, else ``acc1_5``.
+        report_to: ``tensorboard`` (event files in ``out_dir/tensorboard``) or ``none``.
         resume: continue from ``out_dir``'s checkpoint.
         overwrite: replace an existing checkpoint in ``out_dir`` (otherwise an error).
         seed: seeds initialisation, data order and augmentation.
@@ -109,6 +120,11 @@ class TrainConfig:
     save_every: int | None = DEFAULT_SAVE_EVERY
     save_each_epoch: bool = True
     keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS
+    val_split: str | None = "val"
+    val_text: str | None = None
+    val_limit: int | None = None
+    best_metric: str | None = None
+    report_to: str = "tensorboard"
     resume: bool = False
     overwrite: bool = False
     seed: int = 0
@@ -146,6 +162,9 @@ class TrainConfig:
             raise ParameterError(f"unknown decoder settings: {', '.join(sorted(unknown))}")
         if self.resume and self.overwrite:
             raise ParameterError("resume and overwrite exclude each other")
+        if self.report_to not in REPORT_TO:
+            raise ParameterError(f"report_to {self.report_to!r} is not one of {', '.join(REPORT_TO)}")
+        check_validation_settings(self.best_metric, self.val_text, self.val_limit)
 
     @property
     def selection(self) -> dict:
@@ -156,6 +175,11 @@ class TrainConfig:
             "prompt_template": self.prompt_template,
             **VARIANTS[self.variant],
         }
+
+    @property
+    def chosen_best_metric(self) -> str:
+        """The metric ``best/`` is chosen by (``best_metric`` or its default)."""
+        return self.best_metric or default_best_metric(self.val_text)
 
     @property
     def uses_text(self) -> bool:

@@ -42,6 +42,7 @@ from . import checkpoints, runloop
 from .detection_heads import heads_saturated, init_detection_heads
 from .finetune_config import LOG_FILE, RUN_FILES, STATE_FILE, STATE_FORMAT, FinetuneConfig, FinetuneResult
 from .finetune_data import DetectionBatches
+from .reporting import make_reporter
 from .schedule import LRSchedule, restore_optimizer
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,13 @@ class Finetuner:
             runloop.set_rng_state(state["rng"])
         start_step = step
         self._log_start(resumed, step, total)
+        reporter = make_reporter(
+            cfg.report_to,
+            self.out_dir,
+            enabled=True,
+            purge_step=step + 1 if resumed else None,
+            lr_name="backbone",
+        )
         loop = runloop.StepLoop.for_config(
             cfg,
             self._log,
@@ -186,9 +194,13 @@ class Finetuner:
             total,
             steps_per_epoch=self.steps_per_epoch,
             on_step=self.on_step,
+            reporter=reporter,
             desc="finetune",
         )
-        step, history = loop.run(self._steps, step, resumed=resumed, started=t_start)
+        try:
+            step, history = loop.run(self._steps, step, resumed=resumed, started=t_start)
+        finally:
+            reporter.close()
         model.eval()
         model.requires_grad_(False)
         return FinetuneResult(self.out_dir, step, total, start_step, history, time.perf_counter() - t_start)

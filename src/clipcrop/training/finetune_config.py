@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ParameterError
 from . import checkpoints, runloop
+from .reporting import REPORT_TO
 from .runloop import DEFAULT_KEEP_CHECKPOINTS, DEFAULT_SAVE_EVERY, RunResult
 from .schedule import LR_SCHEDULES
 
@@ -51,6 +52,7 @@ class FinetuneConfig:
         keep_checkpoints: how many checkpoints to keep: the latest in ``out_dir`` and the
             ones before it in ``out_dir/checkpoints/step-N/``
             (:mod:`clipcrop.training.checkpoints`).
+        report_to: ``tensorboard`` (losses and learning rate in ``out_dir/tensorboard``) or ``none``.
         resume: continue from ``out_dir``'s checkpoint.
         overwrite: replace an existing checkpoint in ``out_dir`` (otherwise an error).
         seed: data order, flips, negatives.
@@ -88,6 +90,7 @@ class FinetuneConfig:
     save_every: int | None = DEFAULT_SAVE_EVERY
     save_each_epoch: bool = True
     keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS
+    report_to: str = "tensorboard"
     resume: bool = False
     overwrite: bool = False
     seed: int = 0
@@ -119,6 +122,8 @@ class FinetuneConfig:
             raise ParameterError("focal_alpha must be in [0, 1] and focal_gamma >= 0")
         if self.resume and self.overwrite:
             raise ParameterError("resume and overwrite exclude each other")
+        if self.report_to not in REPORT_TO:
+            raise ParameterError(f"report_to {self.report_to!r} is not one of {', '.join(REPORT_TO)}")
         if self.reinit_heads not in REINIT_CHOICES:
             raise ParameterError(
                 f"reinit_heads {self.reinit_heads!r} is not one of {', '.join(REINIT_CHOICES)}"

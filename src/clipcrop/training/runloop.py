@@ -52,6 +52,11 @@ RUN_ONLY_SETTINGS = frozenset(
         "keep_checkpoints",
         "progress",
         "out_dir",
+        "report_to",
+        "val_split",
+        "val_text",
+        "val_limit",
+        "best_metric",
     }
 )
 
@@ -212,6 +217,7 @@ class StepLoop:
         save_each_epoch: also checkpoint at the end of every epoch.
         on_step: called with each step's record.
         on_epoch_end: called with the step that ends an epoch (or the run).
+        reporter: gets each step's record too (:mod:`clipcrop.training.reporting`).
         progress: :func:`progress_bar`'s ``enabled``.
         desc: the bar's label.
     """
@@ -225,6 +231,7 @@ class StepLoop:
     save_each_epoch: bool = False
     on_step: Callable[[dict], None] | None = None
     on_epoch_end: Callable[[int], None] | None = None
+    reporter: Any = None
     progress: bool | None = None
     desc: str = "train"
 
@@ -239,6 +246,7 @@ class StepLoop:
         steps_per_epoch: int,
         on_step: Callable[[dict], None] | None,
         on_epoch_end: Callable[[int], None] | None = None,
+        reporter: Any = None,
         desc: str,
         show_progress: bool = True,
     ) -> StepLoop:
@@ -256,6 +264,7 @@ class StepLoop:
             save_each_epoch=config.save_each_epoch,
             on_step=on_step,
             on_epoch_end=on_epoch_end,
+            reporter=reporter,
             progress=config.progress if show_progress else False,
             desc=desc,
         )
@@ -318,6 +327,8 @@ class StepLoop:
     def _report(self, record: dict, history: list[dict], bar: Any) -> None:
         self.log.write(record)
         history.append(record)
+        if self.reporter is not None:
+            self.reporter.step(record)
         if self.on_step is not None:
             self.on_step(record)
         if bar is not None:

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -48,9 +50,14 @@ from .config import LOG_FILE, RUN_FILES, STATE_FILE, STATE_FORMAT, TrainConfig, 
 from .criterion import build_target
 from .net import ConditionSpec, TrainNet, float_outputs
 from .planning import ItemPlan, StepDataset, TrainingData, TrainItem, collate_items
+from .reporting import make_reporter
 from .schedule import LRSchedule, restore_optimizer
+from .validation import BEST_FILE, GAIC_METRICS, BestTracker, Validator, load_validation_data
 
 logger = logging.getLogger(__name__)
+
+#: the folder (inside ``out_dir``) of the best checkpoint by the validation metric
+BEST_DIR = "best"
 
 #: OWL-ViT parts that produce image tokens, boxes and class embeddings (what fine-tuning trains);
 #: the text tower stays frozen so cached text embeddings stay valid
@@ -259,6 +266,26 @@ class Trainer:
             acc.device,
         )
 
+    def _make_validation(
+        self, model: ClipCropModel, backbone: Backbone, resumed: bool
+    ) -> tuple[Validator | None, BestTracker | None]:
+        """The validator and best tracker of the main process (None, None elsewhere, or when
+        there is nothing to validate on)."""
+        cfg = self.config
+        if not self.accelerator.is_main_process:
+            return None, None
+        data = load_validation_data(
+            cfg.gaic_root, cfg.val_split, cfg.text_annotations, cfg.uses_text, cfg.val_text, cfg.val_limit
+        )
+        metric = cfg.chosen_best_metric
+        if data is None:
+            logger.warning("no validation data: %s/best is not kept", self.out_dir)
+            return None, None
+        if metric in GAIC_METRICS and not data.gaic:
+            raise ParameterError(f"best_metric {metric!r} needs GAIC's validation split (val_split)")
+        best = BestTracker.from_folder(metric, self.out_dir / BEST_DIR) if resumed else BestTracker(metric)
+        return Validator(data, model, backbone, frozen=not self.finetune), best
+
     # ------------------------------------------------------------------ run
     def run(self) -> TrainResult:
         """Set the run up (or resume it), train to the end (or ``stop_after``), checkpoint."""
@@ -281,9 +308,17 @@ class Trainer:
         self._build_optimization(model, backbone, total)
         step = self._restore(state, total) if state is not None else 0
         start_step = step
+        self._validator, self._best = self._make_validation(model, backbone, resumed)
         self._log_start(resumed, step, total)
         self._cache: dict[int, ImageFeatures] | None = {} if cfg.feature_cache and not self.finetune else None
         self._text_cache: dict[str, tuple[torch.Tensor, list[str]]] = {}
+        self._reporter = make_reporter(
+            cfg.report_to,
+            self.out_dir,
+            enabled=acc.is_main_process,
+            purge_step=step + 1 if resumed else None,
+            lr_name="decoder",
+        )
         loop = runloop.StepLoop.for_config(
             cfg,
             self._log,
@@ -291,10 +326,15 @@ class Trainer:
             total,
             steps_per_epoch=self._data.steps_per_epoch,
             on_step=self.on_step,
+            on_epoch_end=self._on_epoch_end,
+            reporter=self._reporter,
             desc="train",
             show_progress=acc.is_main_process,
         )
-        step, history = loop.run(self._steps, step, resumed=resumed, started=t_start)
+        try:
+            step, history = loop.run(self._steps, step, resumed=resumed, started=t_start)
+        finally:
+            self._reporter.close()
         acc.wait_for_everyone()
         if self.finetune:
             backbone.model.requires_grad_(False)
@@ -427,6 +467,58 @@ class Trainer:
         if cfg.finetune_backbone_lr is not None:
             record["lr_backbone"] = lrs[1]
         return record
+
+    # ------------------------------------------------------------------ validation
+    def _on_epoch_end(self, step: int) -> None:
+        """Validate (main process), log and report it, and write ``best/`` when it improved.
+        Every RNG is restored afterwards, so validating changes nothing the training draws."""
+        if self._validator is not None and self._best is not None:
+            rng = runloop.rng_state()
+            try:
+                result = self._validator()
+            finally:
+                runloop.set_rng_state(rng)
+            best = self._best
+            improved = best.update(result.metrics, step)
+            self._log.write(
+                {
+                    "event": "validation",
+                    "step": step,
+                    "epoch": (step - 1) // self._data.steps_per_epoch,
+                    "metrics": result.metrics,
+                    "best_metric": best.metric,
+                    "best_value": best.value,
+                    "best_step": best.step,
+                    "improved": improved,
+                    "elapsed_s": result.elapsed_s,
+                }
+            )
+            logger.info(
+                "step %d validation: %s (best %s %.4f at step %s)",
+                step,
+                ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if "num_samples" not in k),
+                best.metric,
+                best.value,
+                best.step,
+            )
+            self._reporter.validation(step, result.metrics, result.previews)
+            if improved:
+                self._write_best(step, result.metrics)
+        self.accelerator.wait_for_everyone()
+
+    def _write_best(self, step: int, metrics: dict[str, float]) -> None:
+        """``out_dir/best/``: the model of ``step`` (a checkpoint ``crop``/``evaluate`` load like
+        any other) and ``best.json``, written beside and swapped in."""
+        best_dir = self.out_dir / BEST_DIR
+        tmp = self.out_dir / f".{BEST_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with checkpoints.disk_full_guard(tmp, best_dir, step):
+            self._write_model(tmp, step, self._backbone_ref(best_dir))
+            checkpoints.write_step(tmp, step)
+            (tmp / BEST_FILE).write_text(json.dumps(self._best.record(metrics), indent=1) + "\n")
+            checkpoints.replace_folder(tmp, best_dir)
+        logger.info("best checkpoint so far (step %d) written to %s", step, best_dir)
 
     # ------------------------------------------------------------------ saving
     def _save(self, step: int) -> None:
