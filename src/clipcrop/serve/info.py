@@ -8,10 +8,10 @@ object and the loaded model's number of crops.
 
 from __future__ import annotations
 
-from typing import Any
-
 from PIL import Image
 from pydantic import BaseModel, Field
+
+from ..limits import Limits
 
 #: ``top_k`` when a request gives none
 DEFAULT_TOP_K = 5
@@ -40,8 +40,8 @@ class InfoResponse(BaseModel):
 _PLUGIN_MEDIA = {"HEIF": "image/heic", "AVIF": "image/avif"}
 
 
-def info_body(limits: Any, max_top_k: int, model: str, mode: str, version: str) -> dict:
-    """The ``/v1/info`` object for these limits (:class:`~clipcrop.limits.Limits`) and this model."""
+def info_body(limits: Limits, max_top_k: int, model: str, mode: str, version: str) -> dict:
+    """The ``/v1/info`` object for these limits and this model."""
     formats = list(limits.allowed_formats)
     Image.init()  # registers every plugin's media type in Image.MIME
     media = {Image.MIME.get(f) or _PLUGIN_MEDIA.get(f) for f in formats} - {None}
