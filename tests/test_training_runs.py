@@ -138,3 +138,53 @@ def test_validation_settings_are_checked():
         TrainConfig(report_to="wandb").validate()
     assert TrainConfig().chosen_best_metric == "acc1_5"
     assert TrainConfig(val_text="t.json").chosen_best_metric == "text_iou_mean"
+
+
+def test_a_dry_run_measures_and_writes_nothing(gaic, tiny_backbone_dir, tmp_path):
+    from clipcrop.training.trainer import Trainer
+
+    out = tmp_path / "never"
+    report = Trainer(config(gaic, tiny_backbone_dir, out, epochs=30)).dry_run(steps=3)
+    assert not out.exists()
+    assert (report.samples, report.steps_per_epoch, report.total_steps) == (6, 2, 60)
+    assert (report.steps, report.processes, report.device, report.precision) == (3, 1, "cpu", "no")
+    assert 0 < report.step_s <= report.wall_step_s and report.first_step_s > 0
+    assert report.peak_memory_mb > 100 and report.memory_kind == "process peak resident memory"
+    assert report.validation_samples == len(VAL) and report.validation_s > 0
+    # 60 steps at the wall time per step, and a validation for each of the 30 epochs
+    assert report.estimated_s == pytest.approx(60 * report.wall_step_s + 30 * report.validation_s)
+    lines = report.lines()
+    assert lines[1] == "samples: 6; steps per epoch: 2; total steps: 60"
+    assert lines[0] == "device: cpu (fp32), 1 process(es)" and lines[-1].startswith("estimated run: ")
+
+
+def test_devices_and_precision(gaic, tiny_backbone_dir, tmp_path):
+    """auto, cpu, cuda and cuda:N are the devices; without a GPU, CUDA and fp16 are refused
+    before anything loads; bf16 autocast trains on the CPU."""
+    from clipcrop.errors import ParameterError
+
+    for device in ("auto", "cpu", "cuda", "cuda:1"):
+        TrainConfig(device=device).validate()
+    with pytest.raises(ParameterError, match="not auto, cpu, cuda or cuda:N"):
+        TrainConfig(device="gpu").validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(ParameterError, match="no CUDA GPU is available"):
+            train(config(gaic, tiny_backbone_dir, tmp_path / "c", max_steps=1, device="cuda:0"))
+        with pytest.raises(ParameterError, match="fp16 needs a CUDA GPU"):
+            train(
+                config(
+                    gaic,
+                    tiny_backbone_dir,
+                    tmp_path / "f",
+                    max_steps=1,
+                    device="auto",
+                    mixed_precision="fp16",
+                )
+            )
+        assert not (tmp_path / "c").exists() and not (tmp_path / "f").exists()
+    out = tmp_path / "bf16"
+    result = train(config(gaic, tiny_backbone_dir, out, max_steps=2, mixed_precision="bf16", val_split=None))
+    assert result.step == 2 and all(np.isfinite(r["loss"]) for r in result.history)
+    fp32 = train(config(gaic, tiny_backbone_dir, tmp_path / "fp32", max_steps=2, val_split=None))
+    assert result.history[0]["loss"] != fp32.history[0]["loss"]  # autocast did run in bf16
+    assert torch.load(out / "training_state.pt", weights_only=True)["config"]["mixed_precision"] == "bf16"

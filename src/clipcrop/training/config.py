@@ -18,6 +18,7 @@ from . import checkpoints, runloop
 from .reporting import REPORT_TO
 from .runloop import DEFAULT_KEEP_CHECKPOINTS, DEFAULT_SAVE_EVERY, RunResult
 from .schedule import LR_SCHEDULES
+from .sizing import check_device
 from .validation import check_validation_settings, default_best_metric
 
 STATE_FILE = "training_state.pt"
@@ -59,8 +60,10 @@ class TrainConfig:
         positive_mos: MOS from which an annotated crop is a positive.
         min_score, max_keywords, prompt_template: token-selection settings saved into the checkpoint.
         finetune_backbone_lr: fine-tune OWL-ViT's image side at this learning rate (None: frozen).
-        mixed_precision: ``no``, ``fp16`` or ``bf16`` (GPU).
-        device: ``auto`` (GPU when there is one) or ``cpu``.
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` (fp16: CUDA only): Accelerate's autocast.
+        device: ``auto`` (a CUDA GPU when there is one; each process its own under
+            ``accelerate launch``/``torchrun``), ``cpu``, ``cuda`` or ``cuda:N``
+            (:func:`clipcrop.training.sizing.start_accelerator`).
         save_every: checkpoint every this many steps (None: not by steps); always at the end.
         save_each_epoch: also checkpoint at the end of every epoch.
         keep_checkpoints: how many checkpoints to keep: the latest in ``out_dir`` and the
@@ -153,8 +156,7 @@ class TrainConfig:
             raise ParameterError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ParameterError(f"mixed_precision {self.mixed_precision!r} is not one of no, fp16, bf16")
-        if self.device not in ("auto", "cpu"):
-            raise ParameterError(f"device {self.device!r} is not auto or cpu (GPUs are chosen by accelerate)")
+        check_device(self.device)
         if self.num_workers < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise ParameterError("num_workers, warmup_steps and grad_clip must not be negative")
         unknown = set(self.decoder) - set(DecoderConfig.__dataclass_fields__)

@@ -52,6 +52,7 @@ from .net import ConditionSpec, TrainNet, float_outputs
 from .planning import ItemPlan, StepDataset, TrainingData, TrainItem, collate_items
 from .reporting import make_reporter
 from .schedule import LRSchedule, restore_optimizer
+from .sizing import DRY_RUN_STEPS, DryRunReport, StepMeter, start_accelerator
 from .validation import BEST_FILE, GAIC_METRICS, BestTracker, Validator, load_validation_data
 
 logger = logging.getLogger(__name__)
@@ -136,33 +137,51 @@ class Trainer:
             return int(cfg.max_steps)
         return int(cfg.epochs or TrainConfig.DEFAULT_EPOCHS) * steps_per_epoch
 
-    def _start(self) -> dict | None:
-        """Start Accelerate, check ``out_dir`` and return the saved state when resuming."""
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    def _start(self, *, dry_run: bool = False) -> dict | None:
+        """Start Accelerate on the configured device, check ``out_dir`` and return the saved
+        state when resuming. A dry run touches no file."""
+        from accelerate.utils import set_seed
 
         cfg = self.config
-        accelerator = Accelerator(
-            cpu=cfg.device == "cpu",
-            mixed_precision=cfg.mixed_precision,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-        )
-        self.accelerator = accelerator
+        self.accelerator = accelerator = start_accelerator(cfg.device, cfg.mixed_precision)
         main = accelerator.is_main_process
-        self._log = runloop.StepLog(self.out_dir / LOG_FILE, enabled=main)
+        self._log = runloop.StepLog(self.out_dir / LOG_FILE, enabled=main and not dry_run)
         state = None
-        if main:
+        if main and not dry_run:
             state = checkpoints.prepare_out_dir(
                 self.out_dir, RUN_FILES, resume=cfg.resume, overwrite=cfg.overwrite, log=logger
             )
         accelerator.wait_for_everyone()
-        if not main and cfg.resume:
+        if not main and cfg.resume and not dry_run:
             state = checkpoints.load_state(self.out_dir / STATE_FILE)
-        if main and not cfg.resume:
+        if main and not cfg.resume and not dry_run:
             checkpoints.clear_checkpoint(self.out_dir)
             self._log.restart()
         set_seed(cfg.seed)
         return state
+
+    def _setup(self, state: dict | None) -> tuple[int, int]:
+        """Data, backbone, model, optimizer and validation of the run (resumed from ``state``);
+        returns the step it starts at and the planned total."""
+        cfg, acc = self.config, self.accelerator
+        resumed = state is not None
+        samples = self._load_samples()
+        backbone = self._load_backbone(resumed)
+        model = self._build_model(backbone, resumed)
+        self._data = TrainingData(
+            samples,
+            cfg,
+            world_size=acc.num_processes,
+            rank=acc.process_index,
+            mosaic_max_side=backbone.preprocessing.size,
+        )
+        total = self._total_steps(self._data.steps_per_epoch)
+        self._build_optimization(model, backbone, total)
+        step = self._restore(state, total) if state is not None else 0
+        self._validator, self._best = self._make_validation(model, backbone, resumed)
+        self._cache: dict[int, ImageFeatures] | None = {} if cfg.feature_cache and not self.finetune else None
+        self._text_cache: dict[str, tuple[torch.Tensor, list[str]]] = {}
+        return step, total
 
     def _load_backbone(self, resumed: bool) -> Backbone:
         """The backbone of the run; a checkpoint with its own (fine-tuned) backbone keeps it,
@@ -293,25 +312,10 @@ class Trainer:
         t_start = time.perf_counter()
         state = self._start()
         resumed = state is not None
-        samples = self._load_samples()
-        backbone = self._load_backbone(resumed)
-        model = self._build_model(backbone, resumed)
-        acc = self.accelerator
-        self._data = TrainingData(
-            samples,
-            cfg,
-            world_size=acc.num_processes,
-            rank=acc.process_index,
-            mosaic_max_side=backbone.preprocessing.size,
-        )
-        total = self._total_steps(self._data.steps_per_epoch)
-        self._build_optimization(model, backbone, total)
-        step = self._restore(state, total) if state is not None else 0
+        step, total = self._setup(state)
         start_step = step
-        self._validator, self._best = self._make_validation(model, backbone, resumed)
         self._log_start(resumed, step, total)
-        self._cache: dict[int, ImageFeatures] | None = {} if cfg.feature_cache and not self.finetune else None
-        self._text_cache: dict[str, tuple[torch.Tensor, list[str]]] = {}
+        acc = self.accelerator
         self._reporter = make_reporter(
             cfg.report_to,
             self.out_dir,
@@ -336,10 +340,39 @@ class Trainer:
         finally:
             self._reporter.close()
         acc.wait_for_everyone()
-        if self.finetune:
-            backbone.model.requires_grad_(False)
-        model.eval()
+        self._finish()
         return TrainResult(self.out_dir, step, total, start_step, history, time.perf_counter() - t_start)
+
+    def _finish(self) -> None:
+        if self.finetune:
+            self.backbone.model.requires_grad_(False)
+        self.model.eval()
+
+    def dry_run(self, steps: int = DRY_RUN_STEPS) -> DryRunReport:
+        """Set the run up and train ``steps`` steps without writing anything (``out_dir`` is not
+        touched), measuring the time and memory a step takes on the configured device, and one
+        validation; see :mod:`clipcrop.training.sizing`."""
+        self._start(dry_run=True)
+        meter = StepMeter(self.accelerator.device)
+        _, total = self._setup(None)
+        records = meter.measure(self._steps(0, steps))
+        validation_s = None
+        if self._validator is not None:
+            t0 = time.perf_counter()
+            self._validator()
+            validation_s = time.perf_counter() - t0
+        self._finish()
+        acc, data = self.accelerator, self._data
+        return meter.report(
+            records,
+            samples=len(data.samples),
+            steps_per_epoch=data.steps_per_epoch,
+            total_steps=total,
+            processes=acc.num_processes,
+            precision=self.config.mixed_precision,
+            validation_s=validation_s,
+            validation_samples=self._validator.size if self._validator is not None else 0,
+        )
 
     def _check_resume(self, state: dict, data: TrainingData) -> None:
         # the number of data-loading processes does not change the batches either

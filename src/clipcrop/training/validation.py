@@ -158,6 +158,11 @@ class Validator:
         self.predictor = _CachingPredictor(ClipCrop(backbone, model), cache=frozen)
         model.train(was_training)  # the predictor switched it to eval mode
 
+    @property
+    def size(self) -> int:
+        """Samples one validation scores."""
+        return len(self.data.gaic) + len(self.data.text)
+
     def __call__(self) -> ValidationResult:
         from ..evaluation.harness import evaluate_samples
 
