@@ -96,3 +96,15 @@ def test_decoder_inputs_of_a_conditioned_and_an_unconditioned_selection():
     assert inputs.has_condition.tolist() == [True, False]
     assert inputs.union.dtype == torch.float32  # the boxes' dtype, as the decoder's inputs
     assert torch.allclose(inputs.union, torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]]))
+
+
+def test_random_checkpoint_on_a_backbone_loads_in_trained_mode(tiny_backbone_dir, tmp_path):
+    from clipcrop.build import build_random_checkpoint
+    from clipcrop.predictor import ClipCrop
+
+    out = build_random_checkpoint(tmp_path / "ck", tiny_backbone_dir, "tiny", seed=3)
+    cc = ClipCrop.from_pretrained(out)
+    assert cc.mode == "trained" and cc.max_top_k == 12
+    assert cc.model.decoder_config == decoder_config("tiny", input_dim=32)
+    again = build_random_checkpoint(tmp_path / "ck2", tiny_backbone_dir, "tiny", seed=3)
+    assert (out / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()

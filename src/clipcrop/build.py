@@ -1,8 +1,8 @@
 """The builders: a ClipCrop model, its training criterion and the fine-tuning detection loss.
 
 One place assembles each trainable piece, so that training (:mod:`clipcrop.training.trainer`),
-backbone fine-tuning (:mod:`clipcrop.training.finetune`), the random checkpoints of tests and
-benchmarks (:mod:`clipcrop.synthetic.random_models`) and loading build the same thing from the
+backbone fine-tuning (:mod:`clipcrop.training.finetune`) and the random checkpoints of tests and
+benchmarks (:func:`build_random_checkpoint`) build the same thing from the
 same settings, in the spirit of Segment Anything's ``build_sam`` registry and DETR's ``build()``:
 
 * :func:`build_model`: a :class:`~clipcrop.modeling.model.ClipCropModel` from a backbone name, a
@@ -20,7 +20,10 @@ cxcywh crops, see :mod:`clipcrop.modeling.decoder`).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ParameterError
@@ -164,10 +167,37 @@ def build_detection_loss(settings: DetectionLossSettings) -> DetectionLoss:
     )
 
 
+def build_random_checkpoint(
+    out_dir: str | os.PathLike,
+    backbone_dir: str | os.PathLike,
+    decoder: DecoderConfig | Mapping[str, Any] | str | None = None,
+    *,
+    seed: int = 0,
+) -> Path:
+    """Write a trained-mode ClipCrop checkpoint whose decoder is randomly initialised (seeded), on
+    the local OWL-ViT/OWLv2 folder ``backbone_dir`` (named by its absolute path): for speed work and
+    tests, whose timings and code paths do not depend on trained weights.
+
+    Args:
+        decoder: as :func:`build_model`; its input width is set to the backbone's.
+    """
+    import torch
+
+    backbone = Path(backbone_dir).resolve()
+    hidden = json.loads((backbone / "config.json").read_text(encoding="utf-8"))["vision_config"][
+        "hidden_size"
+    ]
+    torch.manual_seed(seed)
+    model = build_model(str(backbone), decoder, input_dim=hidden)
+    model.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
 __all__ = [
     "DECODER_CONFIGS",
     "build_criterion",
     "build_detection_loss",
     "build_model",
+    "build_random_checkpoint",
     "decoder_config",
 ]

@@ -94,7 +94,9 @@ class BackboneLoadError(ModelLoadError):
     rebuilds it with its own spelling through :meth:`with_parameter` (``--backbone DIR_OR_HUB_ID``).
     """
 
-    def __init__(self, checkpoint: str, backbone: str, reason: str, parameter: str = "backbone=") -> None:
+    def __init__(
+        self, checkpoint: str, backbone: str, reason: str, parameter: str = "backbone= (a folder or Hub id)"
+    ) -> None:
         self.checkpoint, self.backbone, self.reason, self.parameter = checkpoint, backbone, reason, parameter
         super().__init__(
             f"checkpoint {checkpoint!r} refers to backbone {backbone!r}, which cannot be loaded ({reason}); "

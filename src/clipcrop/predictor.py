@@ -26,22 +26,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ModelLoadError, ParameterError, QueryError
+from .errors import BackboneLoadError, ModelLoadError, ParameterError, QueryError
 from .io.images import ImageSource, LoadedImage, load_image
 from .limits import Limits
+from .model_source import DEFAULT_NUM_CROPS, MODEL_TYPES, is_clipcrop_checkpoint, local_config, model_name
 from .modeling.backbone import (
-    DEFAULT_BACKBONE,
     Backbone,
     ImageFeatures,
     describe_load_failure,
-    is_backbone_dir,
 )
 from .modeling.composition import fill_candidates, rank_candidates, salient_objects
 from .modeling.detection import DetectionResult, rank_detections
-from .modeling.model import DEFAULT_SELECTION, INSIDE_BACKBONE, ClipCropModel, resolve_backbone_ref
-from .modeling.selection import Selection, condition_texts, ensure_min_size, select_tokens, unconditioned
+from .modeling.model import (
+    DEFAULT_SELECTION,
+    INSIDE_BACKBONE,
+    ClipCropModel,
+    check_selection,
+    resolve_backbone_ref,
+)
+from .modeling.selection import (
+    Selection,
+    condition_texts,
+    decoder_inputs,
+    ensure_min_size,
+    select_tokens,
+    unconditioned,
+)
 from .ops.aspect import MIN_CROP_AREA, MIN_CROP_SIDE, enforce_min_size
 from .ops.box_ops import box_cxcywh_to_xyxy, fit_aspect, fraction_inside_np, nms_np, parse_aspect, round_box
+from .settings import PRECISIONS, QUANTIZATIONS, ModelSettings
 from .validation import MAX_DETECTIONS, validate_query, validate_query_pair, validate_top_k
 
 logger = logging.getLogger(__name__)
@@ -50,6 +63,8 @@ MODE_TRAINED = "trained"
 MODE_TRAINING_FREE = "training-free"
 #: prompts whose detections stand for "other objects" in training-free composition scoring
 OBJECT_PROMPTS = ("a photo of an object", "a person", "an animal", "a face")
+#: crops overlapping a better one above this IoU are dropped (distinct alternatives)
+NMS_IOU = 0.7
 
 
 @dataclass(frozen=True)
@@ -208,7 +223,7 @@ class ClipCrop:
         model: ClipCropModel | None = None,
         *,
         limits: Limits | None = None,
-        nms_iou: float = 0.7,
+        nms_iou: float = NMS_IOU,
         name: str | None = None,
         selection: dict | None = None,
         min_crop_area: float = MIN_CROP_AREA,
@@ -221,13 +236,8 @@ class ClipCrop:
         self.name = name or backbone.name
         if self.model is not None:
             self.model.to(backbone.device)
-        unknown = set(selection or {}) - set(DEFAULT_SELECTION)
-        if unknown:
-            raise ParameterError(
-                f"unknown selection settings: {', '.join(sorted(unknown))} (known: {', '.join(DEFAULT_SELECTION)})"
-            )
         base = self.model.selection if self.model is not None else DEFAULT_SELECTION
-        self.selection_settings = {**DEFAULT_SELECTION, **base, **(selection or {})}
+        self.selection_settings = {**DEFAULT_SELECTION, **base, **check_selection(selection)}
         if not 0.0 <= float(min_crop_area) <= 1.0 or int(min_crop_side) < 1:
             raise ParameterError("min_crop_area must be in [0, 1] and min_crop_side at least 1 pixel")
         self.min_crop_area = float(min_crop_area)
@@ -239,12 +249,12 @@ class ClipCrop:
         cls,
         name_or_dir: str | os.PathLike | None = None,
         *,
-        device: str = "cpu",
+        device: str = ModelSettings.device,
         limits: Limits | None = None,
-        precision: str = "fp32",
+        precision: str = ModelSettings.precision,
         quantize: str | None = None,
         local_files_only: bool | None = None,
-        nms_iou: float = 0.7,
+        nms_iou: float = NMS_IOU,
         backbone: str | os.PathLike | None = None,
         selection: dict | None = None,
         min_crop_area: float = MIN_CROP_AREA,
@@ -260,68 +270,77 @@ class ClipCrop:
                 (:mod:`clipcrop.modeling.quantization` says why only those).
             backbone: for a trained checkpoint, load this OWL-ViT folder or Hub id instead of the
                 one the checkpoint names (for example after moving it).
-            selection, min_crop_area, min_crop_side: see :class:`ClipCrop`.
+            limits, local_files_only: see :class:`~clipcrop.settings.ModelSettings`.
+            nms_iou, selection, min_crop_area, min_crop_side: see :class:`ClipCrop`.
 
         Raises:
-            ModelLoadError: cannot be loaded (message says why: missing folder, offline, not found...).
+            ModelLoadError: cannot be loaded (message says why: missing folder, offline, not found...);
+                :class:`~clipcrop.errors.BackboneLoadError` when only a checkpoint's backbone is missing.
+            ParameterError: an unknown precision or quantisation, or int8 with a half precision or a GPU.
         """
-        name = str(name_or_dir or os.environ.get("CLIPCROP_MODEL") or DEFAULT_BACKBONE)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        if dtype is None:
-            raise ParameterError(f"precision {precision!r} is not one of fp32, bf16, fp16")
-        if quantize not in (None, "int8"):
-            raise ParameterError(f"quantize {quantize!r} is not supported (use int8)")
-        if quantize == "int8" and dtype != torch.float32:
-            # dynamic int8 quantisation replaces fp32 Linear layers; it has no half-precision form
-            raise ParameterError(f"quantize int8 cannot be combined with precision {precision}; use fp32")
-        if quantize == "int8" and not device.startswith("cpu"):
-            raise ParameterError(f"quantize int8 runs on CPU only, not on device {device!r}")
+        settings = ModelSettings(
+            model=str(name_or_dir) if name_or_dir else None,
+            backbone=str(backbone) if backbone is not None else None,
+            device=device,
+            precision=precision,
+            quantize=quantize,
+            limits=limits or Limits(),
+            local_files_only=local_files_only,
+        )
+        return cls.from_settings(
+            settings,
+            nms_iou=nms_iou,
+            selection=selection,
+            min_crop_area=min_crop_area,
+            min_crop_side=min_crop_side,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ModelSettings,
+        *,
+        nms_iou: float = NMS_IOU,
+        selection: dict | None = None,
+        min_crop_area: float = MIN_CROP_AREA,
+        min_crop_side: int = MIN_CROP_SIDE,
+    ) -> ClipCrop:
+        """Load the predictor :class:`~clipcrop.settings.ModelSettings` describe (what every surface
+        converts its flags or environment into); the other arguments as :class:`ClipCrop`'s.
+
+        Raises:
+            ModelLoadError, ParameterError: as :meth:`from_pretrained`.
+        """
         from .modeling.hub_access import stay_local
 
-        local_files_only = stay_local(name, local_files_only)  # Hub unreachable: the cache, at once
-        config = _read_config(name, local_files_only)
-        model = None
-        backbone_name = name
-        if "clipcrop_format" in config:
-            try:
-                # huggingface_hub's mixin print()s while loading local weights: keep stdout clean
-                # for --json consumers
-                with contextlib.redirect_stdout(io.StringIO()):
-                    model = ClipCropModel.from_pretrained(name, local_files_only=bool(local_files_only))
-            except Exception as exc:  # noqa: BLE001
-                raise ModelLoadError(describe_load_failure(name, exc)) from exc
-            backbone_name = str(backbone) if backbone is not None else _checkpoint_backbone(name, model)
-        elif config.get("model_type") not in ("owlvit", "owlv2"):
-            raise ModelLoadError(
-                f"{name!r} is neither an OWL-ViT/OWLv2 checkpoint nor a ClipCrop checkpoint "
-                f"(config.json has model_type={config.get('model_type')!r})"
-            )
-        elif backbone is not None:
-            raise ParameterError(f"{name!r} is an OWL-ViT model itself; backbone= is for trained checkpoints")
+        name = model_name(settings.model)
+        device, dtype = _device_and_dtype(settings)
+        local_files_only = stay_local(name, settings.local_files_only)  # Hub unreachable: the cache, at once
+        model = _load_checkpoint(name, settings.backbone, local_files_only)
+        if model is None:
+            backbone_name = name
+        elif settings.backbone is not None:
+            backbone_name = settings.backbone
+        else:
+            backbone_name = _checkpoint_backbone(name, model)
         try:
-            backbone_model = Backbone.from_pretrained(
+            backbone = Backbone.from_pretrained(
                 backbone_name, device=device, local_files_only=local_files_only
             )
         except ModelLoadError as exc:
             if model is None:
                 raise
-            raise ModelLoadError(
-                f"checkpoint {name!r} refers to backbone {backbone_name!r}, which cannot be loaded ({exc}); "
-                "point at another copy with --backbone DIR_OR_HUB_ID (CLI) or backbone= (Python)"
-            ) from exc
-        backbone = backbone_model
+            raise BackboneLoadError(name, backbone_name, str(exc)) from exc
         if dtype != torch.float32:
             backbone.model.to(dtype)
-        if quantize == "int8":
+        if settings.quantize == "int8":
             from .modeling.quantization import quantize_int8
 
             backbone.model = quantize_int8(backbone.model)
         predictor = cls(
             backbone,
             model,
-            limits=limits,
+            limits=settings.limits,
             nms_iou=nms_iou,
             name=name,
             selection=selection,
@@ -339,7 +358,7 @@ class ClipCrop:
 
     @property
     def max_top_k(self) -> int:
-        num = self.model.decoder_config.num_queries if self.model is not None else 90
+        num = self.model.decoder_config.num_queries if self.model is not None else DEFAULT_NUM_CROPS
         return min(num, self.limits.max_top_k or num)
 
     # ------------------------------------------------------------------ public API
@@ -512,7 +531,7 @@ class ClipCrop:
                 feats,
                 condition.embeds,
                 condition.labels,
-                min_score=float(self.selection_settings.get("min_score", 0.05)),
+                min_score=float(self.selection_settings["min_score"]),
             )
         t1 = time.perf_counter()
         width, height = encoded.width, encoded.height
@@ -563,15 +582,9 @@ class ClipCrop:
         memory = encoded.cache.get("decoder_memory")
         if memory is None:
             memory = encoded.cache["decoder_memory"] = model.decoder.memory(feats.tokens, feats.boxes)
-        d = feats.tokens.shape[-1]
-        cond = selection.mean_token if selection.mean_token is not None else feats.tokens.new_zeros(d)
+        inputs = decoder_inputs([selection], feats.tokens, feats.boxes)
         out = model(
-            feats.tokens,
-            feats.boxes,
-            cond[None],
-            torch.tensor([selection.conditioned], device=feats.tokens.device),
-            selection.union[None],
-            memory=memory,
+            feats.tokens, feats.boxes, inputs.condition, inputs.has_condition, inputs.union, memory=memory
         )
         boxes = ensure_min_size(box_cxcywh_to_xyxy(out["pred_boxes"][0].float())).cpu().numpy()
         scores = torch.sigmoid(out["pred_logits"][0].float()).cpu().numpy()
@@ -682,6 +695,55 @@ class ClipCrop:
         return crops
 
 
+def _device_and_dtype(settings: ModelSettings) -> tuple[str, torch.dtype]:
+    """The device (``auto`` resolved) and backbone dtype ``settings`` ask for, checked together.
+
+    Raises:
+        ParameterError: an unknown precision or quantisation; int8 with a half precision (dynamic
+            int8 replaces fp32 Linear layers; it has no half-precision form) or off the CPU.
+    """
+    device, precision, quantize = settings.device, settings.precision, settings.quantize
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise ParameterError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ParameterError(f"quantize {quantize!r} is not supported (use {', '.join(QUANTIZATIONS)})")
+    if quantize == "int8" and dtype != torch.float32:
+        raise ParameterError(f"quantize int8 cannot be combined with precision {precision}; use fp32")
+    if quantize == "int8" and not device.startswith("cpu"):
+        raise ParameterError(f"quantize int8 runs on CPU only, not on device {device!r}")
+    return device, dtype
+
+
+def _load_checkpoint(name: str, backbone: str | None, local_files_only: bool | None) -> ClipCropModel | None:
+    """The trained decoder when ``name`` is a ClipCrop checkpoint; None for plain OWL-ViT/OWLv2
+    weights (training-free mode), told apart by :func:`clipcrop.model_source.is_clipcrop_checkpoint`.
+
+    Raises:
+        ModelLoadError: neither kind, or the checkpoint's weights cannot be read.
+        ParameterError: ``backbone`` given for OWL-ViT weights (it is for trained checkpoints).
+    """
+    config = _read_config(name, local_files_only)
+    if not is_clipcrop_checkpoint(config):
+        if config.get("model_type") not in MODEL_TYPES:
+            raise ModelLoadError(
+                f"{name!r} is neither an OWL-ViT/OWLv2 checkpoint nor a ClipCrop checkpoint "
+                f"(config.json has model_type={config.get('model_type')!r})"
+            )
+        if backbone is not None:
+            raise ParameterError(f"{name!r} is an OWL-ViT model itself; backbone= is for trained checkpoints")
+        return None
+    try:
+        # huggingface_hub's mixin print()s while loading local weights: keep stdout clean for
+        # consumers of JSON lines
+        with contextlib.redirect_stdout(io.StringIO()):
+            return ClipCropModel.from_pretrained(name, local_files_only=bool(local_files_only))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(describe_load_failure(name, exc)) from exc
+
+
 def _checkpoint_backbone(name: str, model: ClipCropModel) -> str:
     """The backbone a trained checkpoint uses: its own ``backbone/`` folder when it has one,
     otherwise what its config names (a relative path is relative to the checkpoint)."""
@@ -694,22 +756,10 @@ def _checkpoint_backbone(name: str, model: ClipCropModel) -> str:
 
 
 def _read_config(name: str, local_files_only: bool | None) -> dict:
-    """``config.json`` of a local folder or Hub repo (decides training-free vs trained mode)."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        cfg = path / "config.json"
-        if not cfg.is_file():
-            if is_backbone_dir(path):  # pragma: no cover - is_backbone_dir needs config.json
-                return {}
-            raise ModelLoadError(
-                f"{name}: folder has no config.json; it is not a saved OWL-ViT or ClipCrop model"
-            )
-        try:
-            return json.loads(cfg.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{name}: config.json is not valid JSON ({exc})") from exc
-    if path.exists():
-        raise ModelLoadError(f"{name}: is a file; pass the folder that holds config.json and the weights")
+    """``config.json`` of a local folder (checked as the CLI checks it before loading,
+    :func:`clipcrop.model_source.local_config`) or of a Hub repo (decides the mode)."""
+    if Path(name).expanduser().exists():
+        return local_config(name)
     try:
         from huggingface_hub import hf_hub_download
 

@@ -22,6 +22,7 @@ from ..errors import ClipCropError
 from ..io.images import LoadedImage, load_image
 from ..io.result_lines import failed_crop_line
 from ..limits import Limits
+from ..settings import ModelSettings
 from .process_state import environ_defaults, quiet_loggers, torch_threads
 
 if TYPE_CHECKING:  # the predictor imports torch: loaded inside the worker only
@@ -44,17 +45,17 @@ def load_predictor(
     limits: Limits,
     backbone: str | None = None,
 ) -> ClipCrop:
-    """The worker's predictor (:meth:`ClipCrop.from_pretrained`); ``device`` ``auto``/``cuda`` is
-    the first GPU Ray gave this actor (Ray sets ``CUDA_VISIBLE_DEVICES``), ``auto`` without one CPU."""
+    """The worker's predictor (:meth:`clipcrop.settings.ModelSettings.load`); ``device``
+    ``auto``/``cuda`` is the first GPU Ray gave this actor (Ray sets ``CUDA_VISIBLE_DEVICES``),
+    ``auto`` without one CPU."""
     import torch
-
-    from ..predictor import ClipCrop
 
     if device in ("auto", "cuda") or device.startswith("cuda:"):
         device = "cuda" if torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    return ClipCrop.from_pretrained(
-        model, device=device, precision=precision, quantize=quantize, limits=limits, backbone=backbone
+    settings = ModelSettings(
+        model=model, backbone=backbone, device=device, precision=precision, quantize=quantize, limits=limits
     )
+    return settings.load()
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..settings import ModelSettings
 from .crop import add_metadata_arguments, add_model_arguments
 
 
@@ -54,11 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="replace pictures that exist in --crops-out (default: a new job refuses them before starting)",
     )
     add_metadata_arguments(p)
-    add_model_arguments(p)
-    for action in p._actions:  # a batch job uses a GPU whenever Ray gives its workers one
-        if action.dest == "device":
-            action.default = "auto"
-            action.help = "cpu, cuda or auto (default auto: a GPU per worker when the Ray cluster has GPUs)"
+    # a batch job uses a GPU whenever Ray gives its workers one
+    add_model_arguments(
+        p,
+        defaults=ModelSettings(device="auto"),
+        device_help="cpu, cuda or auto (a GPU per worker when the Ray cluster has GPUs)",
+    )
     p.add_argument(
         "--ray-address",
         metavar="auto|ADDR",

@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from ..model_source import DEFAULT_BACKBONE
+from ..settings import ENV_MODEL, PRECISIONS, QUANTIZATIONS, ModelSettings
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or globs")
@@ -117,46 +120,76 @@ def _refuse_existing(targets: list[Path]) -> None:
         )
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Model flags shared by every command that loads a predictor."""
+def add_model_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    defaults: ModelSettings | None = None,
+    device_help: str = "cpu, cuda, cuda:N or auto",
+) -> None:
+    """Model flags shared by every command that loads a predictor; their defaults are
+    :class:`~clipcrop.settings.ModelSettings`' (``defaults``: a command's own, e.g. batch's device)."""
+    d = defaults or ModelSettings()
     p.add_argument(
         "--model",
         "-m",
+        default=d.model,
         metavar="NAME_OR_DIR",
         help="Hub id or folder (OWL-ViT weights or a ClipCrop checkpoint); "
-        "default $CLIPCROP_MODEL or google/owlvit-base-patch32",
+        f"default ${ENV_MODEL} or {DEFAULT_BACKBONE}",
     )
     p.add_argument(
         "--backbone",
+        default=d.backbone,
         metavar="DIR_OR_HUB_ID",
         help="for a trained ClipCrop checkpoint: load this OWL-ViT/OWLv2 folder or Hub id as its "
         "backbone instead of the one its config.json names (e.g. after moving that folder)",
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--device", default=d.device, help=f"{device_help} (default {d.device})")
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="backbone precision (half precisions on GPU)",
+        choices=PRECISIONS,
+        default=d.precision,
+        help=f"backbone precision (half precisions on GPU; default {d.precision})",
     )
-    p.add_argument("--quantize", choices=["int8"], help="CPU int8 dynamic quantisation of the backbone")
-    p.add_argument("--max-megapixels", type=float, metavar="MP", help="largest image accepted (default 50)")
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        default=d.quantize,
+        help="CPU int8 dynamic quantisation of the backbone",
+    )
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        metavar="MP",
+        help=f"largest image accepted (default {d.limits.max_pixels / 1e6:g})",
+    )
 
 
-def load_predictor(args: argparse.Namespace):
-    """Build the shared predictor from CLI flags (the only place flags become a config)."""
+def model_settings(args: argparse.Namespace) -> ModelSettings:
+    """The model flags as :class:`~clipcrop.settings.ModelSettings` (the only place they become one;
+    limits: the ``CLIPCROP_*`` variables, then ``--max-megapixels``)."""
     from ..limits import Limits
-    from ..predictor import ClipCrop
 
     limits = Limits.from_env(max_pixels=int(args.max_megapixels * 1e6) if args.max_megapixels else None)
-    return ClipCrop.from_pretrained(
-        args.model,
+    return ModelSettings(
+        model=args.model,
+        backbone=getattr(args, "backbone", None),
         device=args.device,
         precision=args.precision,
         quantize=args.quantize,
         limits=limits,
-        backbone=getattr(args, "backbone", None),
     )
+
+
+def load_predictor(args: argparse.Namespace):
+    """The shared predictor the model flags describe. A checkpoint whose backbone is missing is
+    reported with the flag that points at another copy."""
+    from ..errors import BackboneLoadError
+
+    try:
+        return model_settings(args).load()
+    except BackboneLoadError as exc:
+        raise exc.with_parameter("--backbone DIR_OR_HUB_ID") from exc
 
 
 def run(args: argparse.Namespace) -> int:

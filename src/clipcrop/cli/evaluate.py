@@ -54,20 +54,15 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.harness import load_samples
+    from ..evaluation.harness import evaluate, load_samples
     from .crop import load_predictor
 
     config = build_config(args)
     samples = load_samples(config)  # data errors before the model loads
     cc = load_predictor(args)
-
-    from ..evaluation.harness import evaluate_samples, write_jsonl_atomic
-
     show = not args.quiet and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
     with _progress(len(samples), show) as advance:
-        result = evaluate_samples(cc, samples, config.dataset, baselines=config.baselines, progress=advance)
-    if config.save_predictions:
-        write_jsonl_atomic(config.save_predictions, result.predictions)
+        result = evaluate(config, cc, samples=samples, progress=advance)
     if args.json:
         print(json.dumps(result.to_json()), flush=True)
     _print_table(result, stderr=args.json)

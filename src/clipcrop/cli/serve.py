@@ -19,7 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .crop import add_model_arguments
+from .crop import add_model_arguments, model_settings
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 #: where a worker process (``--workers N``) leaves the load error for the parent to report
@@ -59,17 +59,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..serve.app import ENV_API_KEY, ENV_BACKBONE, ENV_DEVICE, ENV_PRECISION, ENV_QUANTIZE
+    from ..serve.app import ENV_API_KEY
 
-    # flags were checked by cli_checks.check_arguments; every setting goes through the environment, so that worker processes see the same
+    # flags were checked by cli_checks.check_arguments; every setting goes through the environment,
+    # so that worker processes see the same (ModelSettings.from_env reads them back there)
     env = {
-        "CLIPCROP_MODEL": args.model,
+        **model_settings(args).to_env(),
         "CLIPCROP_MAX_UPLOAD_MB": None if args.max_upload_mb is None else repr(args.max_upload_mb),
         "CLIPCROP_MAX_MEGAPIXELS": None if args.max_megapixels is None else repr(args.max_megapixels),
-        ENV_DEVICE: args.device,
-        ENV_PRECISION: args.precision,
-        ENV_QUANTIZE: args.quantize,
-        ENV_BACKBONE: args.backbone,
         ENV_API_KEY: args.api_key,
     }
     for name, value in env.items():

@@ -11,7 +11,31 @@ import argparse
 import os
 import sys
 
+from ..modeling.decoder_config import DecoderConfig
 from .run_flags import add_checkpoint_flags, add_flags, add_schedule_flags, run_settings, summary
+
+#: decoder flags (their defaults are :class:`DecoderConfig`'s): flag -> (type, help)
+DECODER_FLAGS = {
+    "--num-queries": (int, "crops per image"),
+    "--d-model": (int, "decoder width"),
+    "--num-layers": (int, "decoder layers"),
+    "--num-heads": (int, "attention heads"),
+    "--ffn-dim": (int, "feed-forward width"),
+    "--dropout": (float, "decoder dropout"),
+}
+#: dests of the flags that set a TrainConfig field of the same name only when given
+CONFIG_FLAGS = (
+    "split",
+    "num_workers",
+    "variant",
+    "mosaic",
+    "text_drop",
+    "weight_score",
+    "aux_loss",
+    "positive_mos",
+    "mixed_precision",
+    "feature_cache",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,9 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder of the caption files train.json/valid.json/test.json (required unless --variant base)",
     )
-    data.add_argument("--split", default="train", help="GAIC split to train on (default train)")
+    data.add_argument("--split", help="GAIC split to train on (default train)")
     add_flags(data, "--max-samples")
-    data.add_argument("--num-workers", type=int, default=0, metavar="N", help="data-loading processes")
+    data.add_argument("--num-workers", type=int, metavar="N", help="data-loading processes (default 0)")
 
     model = p.add_argument_group("model")
     model.add_argument(
@@ -36,18 +60,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--variant",
         choices=["full", "key", "main", "base"],
-        default="full",
         help="text used for token selection: full text + keywords (ClipCrop), keywords only, "
         "full text only, or none (default full)",
     )
-    model.add_argument(
-        "--num-queries", type=int, default=90, metavar="M", help="crops per image (default 90)"
-    )
-    model.add_argument("--d-model", type=int, default=256, help="decoder width (default 256)")
-    model.add_argument("--num-layers", type=int, default=6, help="decoder layers (default 6)")
-    model.add_argument("--num-heads", type=int, default=8, help="attention heads (default 8)")
-    model.add_argument("--ffn-dim", type=int, default=1024, help="feed-forward width (default 1024)")
-    model.add_argument("--dropout", type=float, default=0.1, help="decoder dropout (default 0.1)")
+    for flag, (kind, text) in DECODER_FLAGS.items():
+        dest = flag[2:].replace("-", "_")
+        default = getattr(DecoderConfig, dest)
+        model.add_argument(flag, type=kind, metavar=dest.upper(), help=f"{text} (default {default:g})")
     model.add_argument(
         "--finetune-backbone-lr",
         type=float,
@@ -66,59 +85,64 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=0, help="seed of init, data order and augmentation")
 
     aug = p.add_argument_group("augmentation and losses")
-    aug.add_argument("--no-mosaic", action="store_true", help="train on single images only")
+    aug.add_argument(
+        "--no-mosaic", dest="mosaic", action="store_false", default=None, help="train on single images only"
+    )
     aug.add_argument(
         "--text-drop",
         type=float,
-        default=0.2,
         metavar="P",
         help="share of samples trained without their text, so the checkpoint also crops "
         "un-conditioned (default 0.2)",
     )
-    aug.add_argument("--weight-score", type=float, default=1.0, help="score loss weight (default 1)")
+    aug.add_argument("--weight-score", type=float, help="score loss weight (default 1)")
     add_flags(aug, "--weight-l1", "--weight-giou")
-    aug.add_argument("--no-aux-loss", action="store_true", help="losses on the last decoder layer only")
-    aug.add_argument("--positive-mos", type=float, default=4.0, help="MOS of a positive crop (default 4)")
+    aug.add_argument(
+        "--no-aux-loss",
+        dest="aux_loss",
+        action="store_false",
+        default=None,
+        help="losses on the last decoder layer only",
+    )
+    aug.add_argument("--positive-mos", type=float, help="MOS of a positive crop (default 4)")
 
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="CKPT_DIR", help="checkpoint folder")
     add_checkpoint_flags(out)
-    out.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="GPU only")
+    out.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="GPU only (default no)")
     add_flags(out, "--cpu")
-    out.add_argument("--no-feature-cache", action="store_true", help="re-encode single images every time")
+    out.add_argument(
+        "--no-feature-cache",
+        dest="feature_cache",
+        action="store_false",
+        default=None,
+        help="re-encode single images every time",
+    )
     add_flags(out, "--quiet")
 
 
 def build_config(args: argparse.Namespace):
-    """CLI flags -> :class:`clipcrop.training.config.TrainConfig` (validated)."""
-    from ..training.config import TrainConfig
+    """CLI flags -> :class:`clipcrop.training.config.TrainConfig` (validated). A flag not given
+    leaves the config's own default (:class:`TrainConfig`, :class:`DecoderConfig`): one copy."""
+    from ..training.config import DEFAULT_DECODER, TrainConfig
     from .checks import validated
 
+    given = {dest: getattr(args, dest) for dest in CONFIG_FLAGS if getattr(args, dest) is not None}
+    sizes = {dest: getattr(args, dest) for dest in _decoder_dests() if getattr(args, dest) is not None}
+    if sizes:
+        given["decoder"] = {**DEFAULT_DECODER, **sizes}
     config = TrainConfig(
         gaic_root=args.gaic_root,
         text_annotations=args.text_annotations,
-        split=args.split,
-        variant=args.variant,
-        mosaic=not args.no_mosaic,
-        text_drop=args.text_drop,
-        decoder={
-            "num_queries": args.num_queries,
-            "d_model": args.d_model,
-            "num_layers": args.num_layers,
-            "num_heads": args.num_heads,
-            "ffn_dim": args.ffn_dim,
-            "dropout": args.dropout,
-        },
-        weight_score=args.weight_score,
-        aux_loss=not args.no_aux_loss,
-        positive_mos=args.positive_mos,
         finetune_backbone_lr=args.finetune_backbone_lr,
-        mixed_precision=args.mixed_precision,
-        num_workers=args.num_workers,
-        feature_cache=not args.no_feature_cache,
+        **given,
         **run_settings(args),
     )
     return validated(config)  # a bad setting is a usage error (exit 2), found before anything loads
+
+
+def _decoder_dests() -> list[str]:
+    return [flag[2:].replace("-", "_") for flag in DECODER_FLAGS]
 
 
 def run(args: argparse.Namespace) -> int:

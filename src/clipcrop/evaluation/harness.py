@@ -29,13 +29,18 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..data.datasets import CAPTION_FILES, GaicSample, TextCropSample, load_gaic, load_textcrop
 from ..errors import DatasetError, ParameterError
 from ..ops.box_ops import iou_np, round_box
+from ..settings import ModelSettings
 from .metrics import GaicAccumulator, IoUAccumulator
+
+if TYPE_CHECKING:
+    from ..predictor import ClipCrop
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +135,8 @@ class _Scorer:
         if self.dataset == "textcrop":
             self.acc.update(boxes[0], truth)  # type: ignore[call-arg]
         else:
-            assert mos is not None
+            if mos is None:
+                raise DatasetError("GAIC crops are scored with their MOS; this sample has none")
             self.acc.update(boxes, truth, mos)  # type: ignore[call-arg]
             best = truth[mos == mos.max()]
             self.best_ious.append(float(iou_np(boxes[:1], best).max()))
@@ -178,8 +184,130 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Sequence[dict]) -> None
 # ----------------------------------------------------------------------------- the harness
 
 
+@dataclass(frozen=True)
+class SampleTarget:
+    """What one sample is scored against, and the condition it is cropped for.
+
+    Attributes:
+        truth: (K, 4) float64 annotated crops, xyxy pixels of the upright image.
+        mos: (K,) their mean opinion scores (GAIC), or None (TextCrop: every crop is a human's).
+        query: the text query, or None.
+        image_query: path of the query image (it takes precedence over ``query``), or None.
+    """
+
+    truth: np.ndarray
+    mos: np.ndarray | None
+    query: str | None
+    image_query: str | None
+
+
+def sample_target(sample: GaicSample | TextCropSample, dataset: str) -> SampleTarget:
+    """The :class:`SampleTarget` of a GAIC sample (its caption is the query) or a TextCrop sample.
+
+    Raises:
+        ParameterError: the sample is not of ``dataset``'s kind.
+    """
+    if dataset == "gaic" and isinstance(sample, GaicSample):
+        return SampleTarget(
+            sample.boxes_xyxy_px, np.asarray(sample.mos, dtype=np.float64), sample.caption, None
+        )
+    if dataset == "textcrop" and isinstance(sample, TextCropSample):
+        image_query = str(sample.image_query_path) if sample.image_query_path is not None else None
+        return SampleTarget(sample.boxes_xyxy_px, None, sample.query, image_query)
+    raise ParameterError(f"a {type(sample).__name__} is not a sample of dataset {dataset!r}")
+
+
+class _Run:
+    """One evaluation in progress: the predictor (and the training-free one of the baselines),
+    the scorers, the prediction records and the skipped samples."""
+
+    def __init__(self, cc: ClipCrop, dataset: str, baselines: bool) -> None:
+        from ..predictor import ClipCrop
+
+        self.cc, self.dataset = cc, dataset
+        self.top_k = min(GAIC_TOP_K if dataset == "gaic" else TEXTCROP_TOP_K, cc.max_top_k)
+        self.free = ClipCrop(cc.backbone, None, limits=cc.limits, nms_iou=cc.nms_iou) if baselines else None
+        self.main = _Scorer(dataset)
+        self.base = {name: _Scorer(dataset) for name in BASELINES} if baselines else {}
+        self.records: list[dict] = []
+        self.skipped: list[str] = []
+
+    def score(self, index: int, sample: GaicSample | TextCropSample) -> None:
+        """Crop one sample, score it (and the baselines) and keep its record."""
+        target = sample_target(sample, self.dataset)
+        if target.mos is not None and len(target.mos) == 0:
+            self.skipped.append(f"{sample.image_path}: no valid annotated crops")
+            return
+        cc = self.cc
+        encoded = cc.encode(sample.image_path)
+        # an image query takes precedence: it is what the sample was built to test
+        condition = cc.prepare_condition(None if target.image_query else target.query, target.image_query)
+        result = cc.crop_encoded(encoded, condition, top_k=self.top_k)
+        self.main.update(_boxes(result), target.truth, target.mos)
+        annotations = {"boxes": target.truth.tolist()}
+        if target.mos is not None:
+            annotations["mos"] = target.mos.tolist()
+        record = {
+            "index": getattr(sample, "index", index),
+            "image": str(sample.image_path),
+            "query": target.query,
+            "image_query": target.image_query,
+            "width": result.width,
+            "height": result.height,
+            "mode": result.mode,
+            "crops": [c.to_dict() for c in result],
+            "union_box": list(result.union_box),
+            "annotations": annotations,
+        }
+        if self.free is not None:
+            record["baselines"] = self._score_baselines(self.free, encoded, condition, result, target)
+        self.records.append(record)
+
+    def _score_baselines(
+        self, free: ClipCrop, encoded, condition, result, target: SampleTarget
+    ) -> dict[str, list]:
+        """Score each baseline on the same encoded image (``free``: the training-free predictor
+        on the model's backbone); returns their boxes by name."""
+        w, h = result.width, result.height
+        image_query = condition.kind == "image"
+        free_cond = condition if image_query else free.prepare_condition(target.query, None)
+        free_result = free.crop_encoded(encoded, free_cond, top_k=self.top_k)
+        iq_embed = free_cond.embeds[0] if free_cond.kind == "image" else None
+        candidates = {
+            "whole_image": np.array([[0, 0, w, h]], dtype=np.float64),
+            "owlvit_top1": _owlvit_top1(
+                self.cc, encoded, target.query if not target.image_query else None, iq_embed
+            ),
+            "union_box": np.asarray([free_result.union_box], dtype=np.float64),
+            "training_free": _boxes(free_result),
+        }
+        boxes = {}
+        for name, cand in candidates.items():
+            if cand is not None:
+                self.base[name].update(cand, target.truth, target.mos)
+                boxes[name] = cand.tolist()
+        return boxes
+
+    def result(self) -> EvalResult:
+        if not len(self.main):
+            raise DatasetError(
+                "no sample could be scored" + (f" ({self.skipped[0]})" if self.skipped else "")
+            )
+        for reason in self.skipped:
+            logger.warning("skipped %s", reason)
+        return EvalResult(
+            dataset=self.dataset,
+            samples=len(self.main),
+            metrics=self.main.compute(),
+            baselines={name: s.compute() for name, s in self.base.items() if len(s)},
+            predictions=self.records,
+            skipped=self.skipped,
+            mode=self.cc.mode,
+        )
+
+
 def evaluate_samples(
-    cc,
+    cc: ClipCrop,
     samples: Sequence[GaicSample] | Sequence[TextCropSample],
     dataset: str,
     *,
@@ -194,83 +322,19 @@ def evaluate_samples(
         dataset: ``gaic`` or ``textcrop`` (which metrics).
         baselines: also score :data:`BASELINES`.
         progress: called with 1 after each sample.
-    """
-    from ..predictor import ClipCrop
 
+    Raises:
+        ParameterError: an unknown dataset, or a sample of another dataset's kind.
+        DatasetError: no sample could be scored.
+    """
     if dataset not in DATASETS:
         raise ParameterError(f"dataset {dataset!r} is not one of {', '.join(DATASETS)}")
-    top_k = min(GAIC_TOP_K if dataset == "gaic" else TEXTCROP_TOP_K, cc.max_top_k)
-    free = ClipCrop(cc.backbone, None, limits=cc.limits, nms_iou=cc.nms_iou) if baselines else None
-    main = _Scorer(dataset)
-    base = {name: _Scorer(dataset) for name in BASELINES} if baselines else {}
-    records: list[dict] = []
-    skipped: list[str] = []
+    run = _Run(cc, dataset, baselines)
     for i, sample in enumerate(samples):
-        if dataset == "gaic":
-            assert isinstance(sample, GaicSample)
-            truth, mos = sample.boxes_xyxy_px, np.asarray(sample.mos, dtype=np.float64)
-            query, image_query = sample.caption, None
-            if len(mos) == 0:
-                skipped.append(f"{sample.image_path}: no valid annotated crops")
-                if progress:
-                    progress(1)
-                continue
-        else:
-            assert isinstance(sample, TextCropSample)
-            truth, mos = sample.boxes_xyxy_px, None
-            query = sample.query
-            image_query = str(sample.image_query_path) if sample.image_query_path is not None else None
-        encoded = cc.encode(sample.image_path)
-        # an image query takes precedence: it is what the sample was built to test
-        condition = cc.prepare_condition(None if image_query else query, image_query)
-        result = cc.crop_encoded(encoded, condition, top_k=top_k)
-        boxes = _boxes(result)
-        main.update(boxes, truth, mos)
-        record = {
-            "index": getattr(sample, "index", i),
-            "image": str(sample.image_path),
-            "query": query,
-            "image_query": image_query,
-            "width": result.width,
-            "height": result.height,
-            "mode": result.mode,
-            "crops": [c.to_dict() for c in result],
-            "union_box": list(result.union_box),
-            "annotations": {"boxes": truth.tolist(), **({"mos": mos.tolist()} if mos is not None else {})},
-        }
-        if free is not None:
-            w, h = result.width, result.height
-            free_cond = condition if condition.kind == "image" else free.prepare_condition(query, None)
-            free_result = free.crop_encoded(encoded, free_cond, top_k=top_k)
-            iq_embed = free_cond.embeds[0] if free_cond.kind == "image" else None
-            candidates = {
-                "whole_image": np.array([[0, 0, w, h]], dtype=np.float64),
-                "owlvit_top1": _owlvit_top1(cc, encoded, query if not image_query else None, iq_embed),
-                "union_box": np.asarray([free_result.union_box], dtype=np.float64),
-                "training_free": _boxes(free_result),
-            }
-            record["baselines"] = {}
-            for name, cand in candidates.items():
-                if cand is None:
-                    continue
-                base[name].update(cand, truth, mos)
-                record["baselines"][name] = cand.tolist()
-        records.append(record)
+        run.score(i, sample)
         if progress:
             progress(1)
-    if not len(main):
-        raise DatasetError("no sample could be scored" + (f" ({skipped[0]})" if skipped else ""))
-    for reason in skipped:
-        logger.warning("skipped %s", reason)
-    return EvalResult(
-        dataset=dataset,
-        samples=len(main),
-        metrics=main.compute(),
-        baselines={name: s.compute() for name, s in base.items() if len(s)},
-        predictions=records,
-        skipped=skipped,
-        mode=cc.mode,
-    )
+    return run.result()
 
 
 def load_gaic_for_eval(
@@ -314,9 +378,25 @@ def load_samples(config: EvalConfig) -> list[GaicSample] | list[TextCropSample]:
     return samples[: config.limit] if config.limit is not None else samples
 
 
-def evaluate(config: EvalConfig, cc, *, progress: Progress | None = None) -> EvalResult:
-    """Load the data, score ``cc`` (and the baselines), write predictions if asked."""
-    samples = load_samples(config)
+def evaluate(
+    config: EvalConfig,
+    model: ClipCrop | ModelSettings,
+    *,
+    samples: Sequence[GaicSample] | Sequence[TextCropSample] | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """The evaluation ``config`` describes: load the data, score the model (and the baselines),
+    write the predictions if asked.
+
+    Args:
+        model: a loaded predictor, or the :class:`~clipcrop.settings.ModelSettings` of one (loaded
+            after the data, so that a data error costs no model load).
+        samples: the samples, when the caller loaded them already (:func:`load_samples`).
+        progress: called with 1 after each sample.
+    """
+    if samples is None:
+        samples = load_samples(config)
+    cc = model.load() if isinstance(model, ModelSettings) else model
     result = evaluate_samples(cc, samples, config.dataset, baselines=config.baselines, progress=progress)
     if config.save_predictions:
         write_jsonl_atomic(config.save_predictions, result.predictions)
@@ -345,6 +425,8 @@ __all__ = [
     "TABLE_METRICS",
     "evaluate",
     "evaluate_samples",
+    "SampleTarget",
+    "sample_target",
     "load_gaic_for_eval",
     "load_samples",
     "result_rows",

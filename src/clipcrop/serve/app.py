@@ -32,7 +32,9 @@ from fastapi import Depends, FastAPI
 from fastapi.security import APIKeyHeader, HTTPBearer
 
 from .. import __version__
+from ..errors import BackboneLoadError
 from ..limits import Limits
+from ..settings import ENV_BACKBONE, ModelSettings
 from .docs_pages import add_docs_pages
 from .errors import add_error_handlers
 from .guard import Guard
@@ -107,33 +109,20 @@ def _security(api_key: str | None) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------------------- workers
-ENV_DEVICE = "CLIPCROP_DEVICE"
-ENV_PRECISION = "CLIPCROP_PRECISION"
-ENV_QUANTIZE = "CLIPCROP_QUANTIZE"
-#: ``serve --backbone``: a trained checkpoint's backbone, instead of the one its config names
-ENV_BACKBONE = "CLIPCROP_BACKBONE"
 ENV_API_KEY = "CLIPCROP_API_KEY"
 
 
 def app_from_env(on_load_error: Callable[[str], None] | None = None) -> FastAPI:
     """App factory for ``uvicorn --factory`` and ``clipcrop serve --workers N``: every worker
-    process builds its own app and loads its own model from ``CLIPCROP_*`` variables
-    (``on_load_error``: see :func:`create_app`)."""
-    limits = Limits.from_env()
+    process builds its own app and loads its own model from the ``CLIPCROP_*`` variables
+    (:meth:`clipcrop.settings.ModelSettings.from_env`; ``on_load_error``: see :func:`create_app`)."""
+    settings = ModelSettings.from_env()
 
     def load():
-        import argparse
+        try:
+            return settings.load()
+        except BackboneLoadError as exc:  # named as the operator sets it
+            raise exc.with_parameter(f"{ENV_BACKBONE} (clipcrop serve --backbone)") from exc
 
-        from ..cli.crop import load_predictor
-
-        args = argparse.Namespace(
-            model=os.environ.get("CLIPCROP_MODEL") or None,
-            device=os.environ.get(ENV_DEVICE, "cpu"),
-            precision=os.environ.get(ENV_PRECISION, "fp32"),
-            quantize=os.environ.get(ENV_QUANTIZE) or None,
-            backbone=os.environ.get(ENV_BACKBONE) or None,
-            max_megapixels=None,  # CLIPCROP_MAX_MEGAPIXELS is read by Limits.from_env
-        )
-        return load_predictor(args)
-
-    return create_app(load, limits, api_key=os.environ.get(ENV_API_KEY) or None, on_load_error=on_load_error)
+    api_key = os.environ.get(ENV_API_KEY) or None
+    return create_app(load, settings.limits, api_key=api_key, on_load_error=on_load_error)

@@ -4,7 +4,8 @@ Speed does not depend on weight values, so a full-size random ViT-B/32 measures 
 tiny ones make tests fast. Both are saved as ordinary OWL-ViT folders (config, safetensors,
 tokenizer, preprocessor config) and loaded through the same ``from_pretrained`` path as real
 weights. The CLIP BPE vocabulary is not shipped with ClipCrop: pass a folder holding CLIP's
-``vocab.json`` and ``merges.txt``.
+``vocab.json`` and ``merges.txt``. A trained-mode checkpoint with a random decoder on such a
+backbone: :func:`clipcrop.build.build_random_checkpoint`.
 """
 
 from __future__ import annotations
@@ -89,44 +90,10 @@ def make_random_owlvit(
 
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
-    if isinstance(size, dict):
-        missing = set(SIZES["tiny"]) - set(size)
-        if missing:
-            raise ValueError(f"size dict lacks {', '.join(sorted(missing))}")
-        s = size
-    elif size in SIZES:
-        s = SIZES[size]
-    else:
-        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
-    tok_dir = Path(tokenizer_dir)
-    vocab_file, merges_file = tok_dir / "vocab.json", tok_dir / "merges.txt"
-    if not vocab_file.is_file() or not merges_file.is_file():
-        raise FileNotFoundError(f"{tok_dir} must hold CLIP's vocab.json and merges.txt")
-    vocab = json.loads(vocab_file.read_text())
-    merges = [tuple(line.split()) for line in merges_file.read_text().splitlines()[1:] if line.strip()]
+    s = _shape(size)
+    vocab, merges = _clip_vocabulary(Path(tokenizer_dir))
     config_cls, model_cls, processor_cls = _classes(kind)
-    config = config_cls(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": s["t_hidden"],
-            "intermediate_size": 4 * s["t_hidden"],
-            "num_hidden_layers": s["t_layers"],
-            "num_attention_heads": s["t_heads"],
-            "max_position_embeddings": 16,
-            "pad_token_id": 0,
-            "bos_token_id": 49406,
-            "eos_token_id": 49407,
-        },
-        vision_config={
-            "image_size": s["image_size"],
-            "patch_size": s["patch_size"],
-            "hidden_size": s["v_hidden"],
-            "intermediate_size": 4 * s["v_hidden"],
-            "num_hidden_layers": s["v_layers"],
-            "num_attention_heads": s["v_heads"],
-        },
-        projection_dim=s["projection_dim"],
-    )
+    config = _config(config_cls, s, len(vocab))
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!")
@@ -149,6 +116,54 @@ def make_random_owlvit(
 
     apply_umask(out / "model.safetensors")  # safetensors writes 0600 whatever the umask
     return out
+
+
+def _shape(size: str | dict[str, int]) -> dict[str, int]:
+    """The shape ``size`` names (a key of :data:`SIZES`) or is (a dict with all of its keys)."""
+    if isinstance(size, dict):
+        missing = set(SIZES["tiny"]) - set(size)
+        if missing:
+            raise ValueError(f"size dict lacks {', '.join(sorted(missing))}")
+        return size
+    if size in SIZES:
+        return SIZES[size]
+    raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+
+
+def _clip_vocabulary(tok_dir: Path) -> tuple[dict[str, int], list[tuple[str, ...]]]:
+    """CLIP's BPE vocabulary and merges from ``tok_dir`` (``vocab.json``, ``merges.txt``)."""
+    vocab_file, merges_file = tok_dir / "vocab.json", tok_dir / "merges.txt"
+    if not vocab_file.is_file() or not merges_file.is_file():
+        raise FileNotFoundError(f"{tok_dir} must hold CLIP's vocab.json and merges.txt")
+    vocab = json.loads(vocab_file.read_text())
+    merges = [tuple(line.split()) for line in merges_file.read_text().splitlines()[1:] if line.strip()]
+    return vocab, merges
+
+
+def _config(config_cls, s: dict[str, int], vocab_size: int):
+    """An OWL-ViT/OWLv2 config of shape ``s`` (text: 16 positions, as OWL-ViT reads)."""
+    return config_cls(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": s["t_hidden"],
+            "intermediate_size": 4 * s["t_hidden"],
+            "num_hidden_layers": s["t_layers"],
+            "num_attention_heads": s["t_heads"],
+            "max_position_embeddings": 16,
+            "pad_token_id": 0,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+        },
+        vision_config={
+            "image_size": s["image_size"],
+            "patch_size": s["patch_size"],
+            "hidden_size": s["v_hidden"],
+            "intermediate_size": 4 * s["v_hidden"],
+            "num_hidden_layers": s["v_layers"],
+            "num_attention_heads": s["v_heads"],
+        },
+        projection_dim=s["projection_dim"],
+    )
 
 
 KINDS = ("owlvit", "owlv2")
