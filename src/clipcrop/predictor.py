@@ -35,7 +35,7 @@ from .modeling.backbone import (
     ImageFeatures,
     describe_load_failure,
 )
-from .modeling.composition import fill_candidates, rank_candidates, salient_objects
+from .modeling.composition import Candidates, fill_candidates, rank_candidates, salient_objects
 from .modeling.detection import DetectionResult, rank_detections
 from .modeling.model import (
     DEFAULT_SELECTION,
@@ -537,12 +537,14 @@ class ClipCrop:
         width, height = encoded.width, encoded.height
         if self.model is not None:
             blind = dataclasses.replace(selection, mean_token=None)
-            boxes, scores = self._decode(encoded, selection if condition_token else blind)
+            cands = self._decode(encoded, selection if condition_token else blind)
         else:
-            boxes, scores = self._compose(feats, selection, width, height, ratio)
+            cands = self._compose(feats, selection, width, height, ratio)
         t2 = time.perf_counter()
         subject = selection.union.detach().float().cpu().numpy().astype(np.float64)
-        crops = self.postprocess(boxes, scores, width, height, top_k=top_k, ratio=ratio, subject=subject)
+        crops = self.postprocess(
+            cands.boxes, cands.scores, width, height, top_k=top_k, ratio=ratio, subject=subject
+        )
         t3 = time.perf_counter()
         # the stage that ran: the trained decoder, or the composition ranking of training-free mode
         stage = "decoder" if self.model is not None else "compose"
@@ -571,7 +573,7 @@ class ClipCrop:
         return top_k, ratio
 
     @torch.no_grad()
-    def _decode(self, encoded: EncodedImage, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(self, encoded: EncodedImage, selection: Selection) -> Candidates:
         """Trained mode: the decoder's M crops (normalised xyxy) and sigmoid scores.
 
         The decoder's image-side keys/values are computed once per encoded image and kept on it.
@@ -588,11 +590,11 @@ class ClipCrop:
         )
         boxes = ensure_min_size(box_cxcywh_to_xyxy(out["pred_boxes"][0].float())).cpu().numpy()
         scores = torch.sigmoid(out["pred_logits"][0].float()).cpu().numpy()
-        return boxes.astype(np.float64), scores.astype(np.float64)
+        return Candidates(boxes.astype(np.float64), scores.astype(np.float64))
 
     def _compose(
         self, feats: ImageFeatures, selection: Selection, width: int, height: int, ratio: float | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> Candidates:
         """Training-free mode: candidates around ``b_u`` scored by :mod:`clipcrop.modeling.composition`."""
         probs = torch.sigmoid(
             feats.logits(self.backbone.embed_texts(list(OBJECT_PROMPTS)))[0].max(dim=-1).values
@@ -614,8 +616,7 @@ class ClipCrop:
         if len(objects):  # objects that are part of the subject are not "others"
             inside = fraction_inside_np(objects, subject) > 0.9
             objects = objects[~inside]
-        cands = rank_candidates(subject, objects, width, height, ratio)
-        return cands.boxes, cands.scores
+        return rank_candidates(subject, objects, width, height, ratio)
 
     def postprocess(
         self,

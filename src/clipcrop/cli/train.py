@@ -50,29 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flags(data, "--max-samples")
     data.add_argument("--num-workers", type=int, metavar="N", help="data-loading processes (default 0)")
 
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--backbone",
-        default=None,
-        metavar="NAME_OR_DIR",
-        help="OWL-ViT/OWLv2 Hub id or folder (default $CLIPCROP_MODEL or google/owlvit-base-patch32)",
-    )
-    model.add_argument(
-        "--variant",
-        choices=["full", "key", "main", "base"],
-        help="text used for token selection: full text + keywords (ClipCrop), keywords only, "
-        "full text only, or none (default full)",
-    )
-    for flag, (kind, text) in DECODER_FLAGS.items():
-        dest = flag[2:].replace("-", "_")
-        default = getattr(DecoderConfig, dest)
-        model.add_argument(flag, type=kind, metavar=dest.upper(), help=f"{text} (default {default:g})")
-    model.add_argument(
-        "--finetune-backbone-lr",
-        type=float,
-        metavar="LR",
-        help="also fine-tune OWL-ViT's image side at this learning rate (saved as CKPT_DIR/backbone)",
-    )
+    _add_model_flags(p.add_argument_group("model"))
 
     run = p.add_argument_group("schedule")
     add_schedule_flags(
@@ -121,6 +99,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flags(out, "--quiet")
 
 
+def _add_model_flags(model: argparse._ArgumentGroup) -> None:
+    """The backbone, the variant and the decoder's sizes (defaults: :class:`DecoderConfig`'s)."""
+    model.add_argument(
+        "--backbone",
+        default=None,
+        metavar="NAME_OR_DIR",
+        help="OWL-ViT/OWLv2 Hub id or folder (default $CLIPCROP_MODEL or google/owlvit-base-patch32)",
+    )
+    model.add_argument(
+        "--variant",
+        choices=["full", "key", "main", "base"],
+        help="text used for token selection: full text + keywords (ClipCrop), keywords only, "
+        "full text only, or none (default full)",
+    )
+    for flag, (kind, text) in DECODER_FLAGS.items():
+        dest = _dest(flag)
+        default = getattr(DecoderConfig, dest)
+        metavar = "N" if kind is int else "P"
+        model.add_argument(flag, type=kind, metavar=metavar, help=f"{text} (default {default:g})")
+    model.add_argument(
+        "--finetune-backbone-lr",
+        type=float,
+        metavar="LR",
+        help="also fine-tune OWL-ViT's image side at this learning rate (saved as CKPT_DIR/backbone)",
+    )
+
+
 def build_config(args: argparse.Namespace):
     """CLI flags -> :class:`clipcrop.training.config.TrainConfig` (validated). A flag not given
     leaves the config's own default (:class:`TrainConfig`, :class:`DecoderConfig`): one copy."""
@@ -141,8 +146,12 @@ def build_config(args: argparse.Namespace):
     return validated(config)  # a bad setting is a usage error (exit 2), found before anything loads
 
 
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
 def _decoder_dests() -> list[str]:
-    return [flag[2:].replace("-", "_") for flag in DECODER_FLAGS]
+    return [_dest(flag) for flag in DECODER_FLAGS]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic_files import write_atomic
+from ..model_source import is_clipcrop_checkpoint
 
 PAPER_TITLE = "ClipCrop: Conditioned Cropping Driven by Vision-Language Model"
 PAPER_VENUE = "ICCV 2023"
@@ -229,7 +230,7 @@ def record_evaluation(folder: str | os.PathLike, entry: dict) -> Path:
 
 def is_checkpoint(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` is a local ClipCrop checkpoint (its ``config.json`` has the format marker)."""
-    return Path(folder).is_dir() and "clipcrop_format" in read_config(folder)
+    return Path(folder).is_dir() and is_clipcrop_checkpoint(read_config(folder))
 
 
 __all__ = [
