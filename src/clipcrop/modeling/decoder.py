@@ -8,6 +8,9 @@ union box ``b_u`` is embedded into every query too, since the decoder regresses 
 
 Every layer's output goes through the same heads (DETR's auxiliary decoding): offsets (cxcywh)
 added to ``b_u`` (eq. 3), and a quality-score logit per crop.
+
+Its sizes are a :class:`~clipcrop.modeling.decoder_config.DecoderConfig` (kept in a module of its
+own, importable without torch); :func:`clipcrop.build.build_model` builds a whole model from one.
 """
 
 from __future__ import annotations
