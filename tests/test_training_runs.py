@@ -4,6 +4,11 @@ validation each epoch and ``best/``, TensorBoard events, a killed run resumed, t
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +193,130 @@ def test_devices_and_precision(gaic, tiny_backbone_dir, tmp_path):
     fp32 = train(config(gaic, tiny_backbone_dir, tmp_path / "fp32", max_steps=2, val_split=None))
     assert result.history[0]["loss"] != fp32.history[0]["loss"]  # autocast did run in bf16
     assert torch.load(out / "training_state.pt", weights_only=True)["config"]["mixed_precision"] == "bf16"
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def cli_args(gaic, backbone_dir, out, *extra: str) -> list[str]:
+    """``clipcrop train`` on the fixture with the tiny decoder (the other settings: defaults)."""
+    sizes = [f"--{k.replace('_', '-')}={v}" for k, v in DECODER.items() if k != "dropout"]
+    return [
+        *("train", "--gaic-root", str(gaic.root), "--text-annotations", str(gaic.text_dir)),
+        *("--backbone", str(backbone_dir), "--out", str(out), "--batch-size", "2", "--lr", "2e-3"),
+        *sizes,
+        *extra,
+    ]
+
+
+def clipcrop(*argv: str, launcher: tuple[str, ...] = (sys.executable, "-m"), **kwargs):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*launcher, "clipcrop.cli", *argv], env=env, text=True, **kwargs)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(gaic, tiny_backbone_dir, tmp_path):
+    """A run killed (SIGKILL) after a checkpoint, then resumed, ends where the run straight
+    through ends: same weights, same best/, every step once in the log and in TensorBoard."""
+    args = ("--max-steps", "40", "--save-every", "4", "--quiet")
+    straight = tmp_path / "straight"
+    done = clipcrop(*cli_args(gaic, tiny_backbone_dir, straight, *args), stderr=subprocess.PIPE)
+    assert done.wait(timeout=600) == 0, done.stderr.read()
+
+    out = tmp_path / "killed"
+    run = clipcrop(*cli_args(gaic, tiny_backbone_dir, out, *args), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        step = (
+            json.loads((out / "checkpoint.json").read_text())["step"]
+            if (out / "checkpoint.json").is_file()
+            else 0
+        )
+        if step >= 12:
+            run.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert run.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = json.loads((out / "checkpoint.json").read_text())["step"]
+    assert 12 <= killed_at < 40
+
+    resumed = clipcrop(*cli_args(gaic, tiny_backbone_dir, out, *args, "--resume"), stderr=subprocess.PIPE)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    for name in ("model.safetensors", "best/model.safetensors"):
+        wa, wb = load_file(straight / name), load_file(out / name)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    assert json.loads((out / "best" / "best.json").read_text()) == json.loads(
+        (straight / "best" / "best.json").read_text()
+    )
+    steps = [r["step"] for r in read_log(out) if r["event"] == "step"]
+    assert steps[-1] == 40 and sorted(set(steps)) == list(range(1, 41))  # steps after killed_at ran twice
+    acc = events(out / "tensorboard")
+    assert [e.step for e in acc.Scalars("loss/loss")] == list(range(1, 41))  # purged on resume: once each
+    straight_losses = [e.value for e in events(straight / "tensorboard").Scalars("loss/loss")]
+    assert [e.value for e in acc.Scalars("loss/loss")] == straight_losses
+    vals = [e.step for e in acc.Scalars("val/acc1_5")]
+    assert vals == sorted(set(vals)) and vals[-1] == 40  # 3 samples, batch 2: an epoch is 3 steps
+
+
+def test_dry_run_and_best_from_the_command_line(gaic, tiny_backbone_dir, tmp_path):
+    out = tmp_path / "ck"
+    dry = clipcrop(
+        *cli_args(gaic, tiny_backbone_dir, out, "--dry-run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stdout, stderr = dry.communicate(timeout=600)
+    assert dry.returncode == 0, stderr
+    lines = stdout.splitlines()
+    assert lines[0] == "device: cpu (fp32), 1 process(es)"
+    assert lines[1] == "samples: 6; steps per epoch: 3; total steps: 90"  # 30 epochs of 3 steps
+    assert lines[2].startswith("time per step: ") and lines[3].startswith("peak memory: ")
+    assert lines[4].startswith(f"validation: {len(VAL)} samples in ") and lines[5].startswith(
+        "estimated run: "
+    )
+    assert not out.exists()
+
+    run = clipcrop(*cli_args(gaic, tiny_backbone_dir, out, "--max-steps", "6"), stderr=subprocess.PIPE)
+    _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr
+    progress = [line for line in stderr.splitlines() if line.startswith("clipcrop: step ")]
+    assert len(progress) == 6 and progress[-1].startswith("clipcrop: step 6/6 (100%), loss ")
+    image = gaic.root / "images" / "val" / "chelsea.jpg"
+    for model in (out, out / "best"):  # crop and evaluate take the latest and the best alike
+        crop = clipcrop(
+            "crop", str(image), "--query", "a cat", "--model", str(model), "--json", stdout=subprocess.PIPE
+        )
+        assert crop.wait(timeout=300) == 0 and json.loads(crop.stdout.read())["crops"]
+    evaluate = clipcrop(
+        *("evaluate", "--dataset", "gaic", "--root", str(gaic.root), "--annotations", str(gaic.text_dir)),
+        *("--split", "val", "--model", str(out / "best"), "--json", "--quiet"),
+        stdout=subprocess.PIPE,
+    )
+    assert evaluate.wait(timeout=300) == 0
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert json.loads(evaluate.stdout.read())["metrics"]["acc1_5"] == pytest.approx(best["metrics"]["acc1_5"])
+
+
+def test_two_processes_through_torchrun(gaic, tiny_backbone_dir, tmp_path):
+    """torchrun starts two processes that Accelerate runs as MULTI_CPU with gloo: each takes its
+    share of every global batch, the main one validates, saves and reports; resume works."""
+    out = tmp_path / "ddp"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m")
+    run = clipcrop(
+        *cli_args(gaic, tiny_backbone_dir, out, "--max-steps", "4", "--device", "cpu", "--quiet"),
+        launcher=launcher,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr
+    start = next(r for r in read_log(out) if r["event"] == "start")
+    assert start["processes"] == 2 and start["steps_per_epoch"] == 2  # 6 samples, 2 x 2 per step
+    state = torch.load(out / "training_state.pt", weights_only=True)
+    assert state["world_size"] == 2 and (out / "rng_state_1.pt").is_file()
+    assert [r["step"] for r in read_log(out) if r["event"] == "validation"] == [2, 4]
+    assert stderr.count("clipcrop: trained to step 4/4") == 1  # one summary
+    again = clipcrop(
+        *cli_args(gaic, tiny_backbone_dir, out, "--max-steps", "6", "--device", "cpu", "--quiet", "--resume"),
+        launcher=launcher,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr
+    assert torch.load(out / "training_state.pt", weights_only=True)["step"] == 6

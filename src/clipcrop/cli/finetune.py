@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .run_flags import add_checkpoint_flags, add_flags, add_schedule_flags, run_settings, summary
+from .run_flags import (
+    add_checkpoint_flags,
+    add_device_flags,
+    add_flags,
+    add_schedule_flags,
+    check_device_flag,
+    run_settings,
+    summary,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_schedule_flags(
         p,
         default_epochs=10,
-        batch_help="images per step (default 8)",
+        batch_help="images per step",
         lr_help="AdamW learning rate (default 1e-4)",
         grad_clip=1.0,
     )
@@ -46,16 +54,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="P",
-        help="share of images zoomed in on a window that cuts no object",
+        help="share of images zoomed in on a window that cuts no object (default 0)",
     )
     p.add_argument("--freeze-text", action="store_true", help="train the image side only")
     p.add_argument("--train-token-embedding", action="store_true", help="also train the 49k-row token table")
     p.add_argument("--weight-focal", type=float, default=2.0, help="focal loss weight (default 2)")
     add_flags(p, "--weight-l1", "--weight-giou")
-    p.add_argument("--seed", type=int, default=0, help="seed of data order, flips and negatives")
+    p.add_argument("--seed", type=int, default=0, help="seed of data order, flips and negatives (default 0)")
     add_flags(p, "--max-samples")
     add_checkpoint_flags(p)
-    add_flags(p, "--cpu", "--quiet")
+    add_device_flags(p, what="fine-tune")
+    add_flags(p, "--quiet")
+
+
+def check(args: argparse.Namespace) -> None:
+    check_device_flag(args.device)
 
 
 def build_config(args: argparse.Namespace):

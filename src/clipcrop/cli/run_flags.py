@@ -17,12 +17,18 @@ from typing import Any, Protocol
 
 #: flags whose definition is the same in both commands (added by :func:`add_flags`)
 _SHARED: dict[str, dict[str, Any]] = {
-    "--max-samples": {"type": int, "metavar": "N", "help": "use the first N images only"},
+    "--max-samples": {"type": int, "metavar": "N", "help": "use the first N images only (default: all)"},
     "--weight-l1": {"type": float, "default": 5.0, "help": "L1 box loss weight (default 5)"},
     "--weight-giou": {"type": float, "default": 2.0, "help": "GIoU loss weight (default 2)"},
-    "--cpu": {"action": "store_true", "help": "train on the CPU even when a GPU is present"},
-    "--quiet": {"action": "store_true", "help": "no progress bar"},
+    "--quiet": {
+        "action": "store_true",
+        "help": "no progress (default: a bar with ETA on a terminal, else a line every 1%% of the run)",
+    },
 }
+#: ``--device`` values besides ``cuda:N`` (:func:`clipcrop.training.sizing.check_device` is the rule)
+DEVICES = ("auto", "cpu", "cuda")
+#: ``--report-to`` values (:data:`clipcrop.training.reporting.REPORT_TO`; a test keeps them equal)
+REPORT_TO = ("tensorboard", "none")
 
 
 class _Container(Protocol):
@@ -49,20 +55,25 @@ def add_schedule_flags(
     length.add_argument(
         "--epochs", type=int, metavar="N", help=f"passes over the data (default {default_epochs})"
     )
-    length.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps")
+    length.add_argument(
+        "--max-steps", type=int, metavar="N", help="optimizer steps (default: the epochs' steps)"
+    )
     p.add_argument(
         "--stop-after",
         type=int,
         metavar="N",
-        help="stop with a checkpoint after step N (continue with --resume)",
+        help="stop with a checkpoint after step N, the LR schedule still planned to the end "
+        "(continue with --resume; default: run to the end)",
     )
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help=batch_help)
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help=f"{batch_help} (default 8)")
     p.add_argument("--lr", type=float, default=1e-4, help=lr_help)
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     p.add_argument(
         "--lr-schedule", choices=["constant", "cosine", "linear"], default="cosine", help="default cosine"
     )
-    p.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear LR warm-up")
+    p.add_argument(
+        "--warmup-steps", type=int, default=0, metavar="N", help="steps of linear LR warm-up (default 0)"
+    )
     p.add_argument(
         "--grad-clip",
         type=float,
@@ -103,6 +114,35 @@ def add_checkpoint_flags(p: _Container) -> None:
     resume.add_argument("--overwrite", action="store_true", help="replace a checkpoint in --out")
 
 
+def add_device_flags(p: _Container, *, what: str) -> None:
+    """Add ``--device`` (``--cpu`` its older spelling) and ``--report-to``."""
+    device = p.add_mutually_exclusive_group()
+    device.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help=f"auto, cpu, cuda or cuda:N: where to {what} (default auto: a CUDA GPU when there is one; "
+        "under accelerate launch or torchrun each process takes its own)",
+    )
+    device.add_argument("--cpu", action="store_true", help="the same as --device cpu")
+    p.add_argument(
+        "--report-to",
+        choices=REPORT_TO,
+        default="tensorboard",
+        help="tensorboard: event files in --out/tensorboard (losses, learning rate, validation); "
+        "none (default tensorboard)",
+    )
+
+
+def check_device_flag(value: str) -> None:
+    """``--device`` is auto, cpu, cuda or cuda:N (a usage error otherwise, before torch loads)."""
+    from .checks import UsageError
+
+    index = value[5:] if value.startswith("cuda:") else ""
+    if value not in DEVICES and not index.isdigit():
+        raise UsageError(f"--device takes auto, cpu, cuda or cuda:N, got {value!r}")
+
+
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields that the shared flags (and ``--backbone``, ``--out``) set.
 
@@ -124,7 +164,8 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_steps": args.warmup_steps,
         "weight_l1": args.weight_l1,
         "weight_giou": args.weight_giou,
-        "device": "cpu" if args.cpu else "auto",
+        "device": "cpu" if args.cpu else args.device,
+        "report_to": args.report_to,
         "save_every": args.save_every or None,
         "save_each_epoch": not args.no_epoch_checkpoints,
         "keep_checkpoints": args.keep_checkpoints,

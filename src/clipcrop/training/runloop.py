@@ -325,6 +325,7 @@ class StepLoop:
         return step, history
 
     def _report(self, record: dict, history: list[dict], bar: Any) -> None:
+        record["total_steps"] = self.total  # for readers of the log and on_step (an ETA)
         self.log.write(record)
         history.append(record)
         if self.reporter is not None:

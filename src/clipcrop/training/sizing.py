@@ -148,14 +148,15 @@ class DryRunReport:
         ]
         if self.validation_s is not None:
             out.append(f"validation: {self.validation_samples} samples in {self.validation_s:.1f} s")
-        out.append(f"estimated run: {_duration(self.estimated_s)} (steps and validations)")
+        out.append(f"estimated run: {duration_text(self.estimated_s)} (steps and validations)")
         return out
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``44 s``, ``12 min``, ``3 h 08 min``: a duration as a person plans with it."""
+    if seconds < 59.5:
+        return f"{max(0, round(seconds))} s"
     minutes = round(seconds / 60)
-    if minutes < 1:
-        return f"{seconds:.0f} s"
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
@@ -204,4 +205,4 @@ class StepMeter:
         )
 
 
-__all__ = ["DRY_RUN_STEPS", "DryRunReport", "StepMeter", "check_device", "start_accelerator"]
+__all__ = ["DRY_RUN_STEPS", "DryRunReport", "StepMeter", "check_device", "duration_text", "start_accelerator"]
