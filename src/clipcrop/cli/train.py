@@ -136,7 +136,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     aug.add_argument("--positive-mos", type=float, help="MOS of a positive crop (default 4)")
 
-    out = p.add_argument_group("output")
+    _add_output_flags(p.add_argument_group("output"))
+    _add_validation_flags(p.add_argument_group("validation (at every epoch's end)"))
+
+
+def _add_output_flags(out: argparse._ArgumentGroup) -> None:
+    """Where the checkpoints go and how often, the device and precision, reporting, the dry run."""
     out.add_argument("--out", required=True, metavar="CKPT_DIR", help="checkpoint folder")
     add_checkpoint_flags(out)
     add_device_flags(out, what="train")
@@ -166,7 +171,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"set the run up, train {DRY_RUN_STEPS} throw-away steps and print the samples, steps per epoch, "
         "time and memory per step on the chosen device and the estimated run time; writes nothing",
     )
-    _add_validation_flags(p.add_argument_group("validation (at every epoch's end)"))
 
 
 def _add_validation_flags(val: argparse._ArgumentGroup) -> None:
