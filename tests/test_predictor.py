@@ -245,10 +245,16 @@ def test_clipcrop_model_env_default(tiny_backbone_dir, monkeypatch):
 def test_result_json(tiny_cc):
     result = tiny_cc.crop(HOPPER, query="a woman", top_k=2)
     d = result.to_dict()
-    assert set(d) == {"image", "width", "height", "query", "crops", "error", "truncated"}
-    assert d["truncated"] is False
+    keys = {"image", "width", "height", "query", "crops", "error", "truncated", "subject", "priors"}
+    assert set(d) == keys
+    assert d["truncated"] is False and d["priors"] == []
+    assert d["subject"] == list(result.union_box)  # conditioned: the subject is b_u
     assert d["query"] == "a woman" and d["error"] is None
-    assert set(d["crops"][0]) == {"box", "score"}
+    assert set(d["crops"][0]) == {"box", "score", "aspect", "focus"}
+    assert d["crops"][0]["aspect"] is None
+    x0, y0, x1, y1 = d["crops"][0]["box"]
+    assert x0 <= d["crops"][0]["focus"][0] <= x1 and y0 <= d["crops"][0]["focus"][1] <= y1
+    assert tiny_cc.crop(HOPPER, top_k=1).to_dict()["subject"] is None  # unconditioned
     ext = result.to_dict(extended=True)
     assert ext["mode"] == "trained" and "backbone" in ext["timings"]
 

@@ -7,8 +7,9 @@ import pytest
 from conftest import sample_photo
 from PIL import Image
 
+from clipcrop.crop_options import Prior, parse_box
 from clipcrop.errors import ParameterError
-from clipcrop.modeling.priors import Prior, clip_priors, keeps_all, parse_box, prior_penalties
+from clipcrop.modeling.priors import clip_priors, keeps_all, prior_penalties
 
 CROPS = np.array([[0, 0, 30, 30], [15, 0, 40, 40], [0, 0, 100, 100], [70, 70, 100, 100]], dtype=float)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .crop_options import CropOptions, Prior
 from .errors import BackboneLoadError, ModelLoadError, ParameterError, QueryError
 from .io.images import ImageSource, LoadedImage, load_image
 from .limits import Limits
@@ -44,6 +45,7 @@ from .modeling.model import (
     check_selection,
     resolve_backbone_ref,
 )
+from .modeling.priors import clip_priors, prior_penalties
 from .modeling.selection import (
     Selection,
     condition_texts,
@@ -69,13 +71,26 @@ NMS_IOU = 0.7
 
 @dataclass(frozen=True)
 class Crop:
-    """One ranked crop: ``box`` is (x0, y0, x1, y1) int pixels of the upright image; ``score`` in [0, 1]."""
+    """One ranked crop: ``box`` is (x0, y0, x1, y1) int pixels of the upright image; ``score`` in [0, 1].
+
+    ``aspect``: the ratio this crop was made for (``"W:H"``, None for a free crop). ``focus``:
+    the subject's centre (of ``b_u``; the image's centre without a condition) moved inside the
+    crop, in pixels, for focal-point pipelines. ``output_size``: the (width, height) the crop is
+    written at when an exact size was asked for.
+    """
 
     box: tuple[int, int, int, int]
     score: float
+    aspect: str | None = None
+    focus: tuple[float, float] | None = None
+    output_size: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
-        return {"box": list(self.box), "score": round(float(self.score), 6)}
+        out = {"box": list(self.box), "score": round(float(self.score), 6), "aspect": self.aspect}
+        out["focus"] = None if self.focus is None else [round(float(v), 1) for v in self.focus]
+        if self.output_size is not None:
+            out["output_size"] = list(self.output_size)
+        return out
 
 
 @dataclass
@@ -93,6 +108,9 @@ class CropResult(Sequence[Crop]):
         keywords: keywords that selected tokens (after filtering).
         truncated: the text query had more tokens than OWL-ViT reads (16): the full text was
             embedded cut there, while its keywords still carry the rest.
+        subject: ``b_u`` in pixels (xyxy ints) when a condition selected it, None unconditioned.
+        priors: the regions the ranking kept whole or left out (user boxes, faces, avoided texts).
+        aspects: the ratio labels, in the order their groups appear in ``crops``.
         timings: seconds per stage that ran (decode, preprocess, backbone, keywords, text_encoder or
             query_image, select, decoder in trained mode or compose in training-free mode, postprocess).
     """
@@ -108,9 +126,17 @@ class CropResult(Sequence[Crop]):
     keywords: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     truncated: bool = False
+    subject: tuple[int, int, int, int] | None = None
+    priors: list[Prior] = field(default_factory=list)
+    aspects: list[str | None] = field(default_factory=lambda: [None])
 
     def __getitem__(self, index):  # type: ignore[override]
         return self.crops[index]
+
+    def for_aspect(self, aspect: str | None) -> list[Crop]:
+        """The crops made for one ratio (``"4:5"``; None for free crops), best first."""
+        ratio = parse_aspect(aspect)
+        return [c for c in self.crops if parse_aspect(c.aspect) == ratio]
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -132,6 +158,8 @@ class CropResult(Sequence[Crop]):
             out["image_query"] = self.image_query
         if self.query is not None:
             out["truncated"] = self.truncated
+        out["subject"] = None if self.subject is None else list(self.subject)
+        out["priors"] = [p.to_dict() for p in self.priors]
         if extended:
             out.update(
                 mode=self.mode,
@@ -187,11 +215,13 @@ class EncodedImage:
         *,
         image_query: ImageSource | None = None,
         top_k: int = 5,
-        aspect_ratio: str | float | tuple[float, float] | None = None,
+        aspect_ratio: object = None,
+        **options,
     ) -> CropResult:
         """Crops for a text query, an image query, or neither (see :meth:`ClipCrop.crop`)."""
+        opts = CropOptions.build(top_k=top_k, aspect_ratio=aspect_ratio, **options)
         condition = self.predictor.prepare_condition(query, image_query)
-        return self.predictor.crop_encoded(self, condition, top_k=top_k, aspect_ratio=aspect_ratio)
+        return self.predictor.crop_encoded(self, condition, options=opts)
 
     def detect(
         self, query: str | None = None, *, image_query: ImageSource | None = None, top_k: int = 5
@@ -369,7 +399,8 @@ class ClipCrop:
         *,
         image_query: ImageSource | None = None,
         top_k: int = 5,
-        aspect_ratio: str | float | tuple[float, float] | None = None,
+        aspect_ratio: object = None,
+        **options,
     ) -> CropResult:
         """Ranked crops of ``image``.
 
@@ -377,15 +408,23 @@ class ClipCrop:
             image: path, bytes, file object, PIL image or array.
             query: what the crop should show, in words; or None.
             image_query: a reference image of what the crop should show (one-shot); or None.
-            top_k: number of crops to return (1..M).
-            aspect_ratio: ``"W:H"``, a float or ``(w, h)``: every crop gets exactly that ratio (±1 px).
+            top_k: number of crops to return (1..M), per aspect ratio.
+            aspect_ratio: ``"W:H"``, a float or ``(w, h)``: every crop gets exactly that ratio (±1 px);
+                several (``["1:1", "4:5"]`` or ``"1:1,4:5"``): ``top_k`` crops per ratio, grouped in
+                that order, the image encoded once (:meth:`CropResult.for_aspect`).
+            **options: the rest of :meth:`clipcrop.crop_options.CropOptions.build`: ``size``
+                ((w, h) or ``"1080x1350"``: each crop's ``output_size``; the ratio follows from it),
+                ``upscale``, ``keep`` / ``avoid_box`` (pixel boxes ``"x0,y0,x1,y1[,weight]"`` or
+                :class:`~clipcrop.crop_options.Prior`), ``avoid`` (texts whose detections to leave
+                out), ``faces`` (keep faces whole; needs ``clipcrop[faces]``).
 
         Raises:
             ImageError subclasses, QueryError, ParameterError (see :mod:`clipcrop.errors`).
         """
+        opts = CropOptions.build(top_k=top_k, aspect_ratio=aspect_ratio, **options)
         condition = self.prepare_condition(query, image_query)  # validate before the expensive part
-        top_k, ratio = self._check_params(top_k, aspect_ratio)
-        return self.crop_encoded(self.encode(image), condition, top_k=top_k, aspect_ratio=ratio)
+        validate_top_k(opts.top_k, self.max_top_k)
+        return self.crop_encoded(self.encode(image), condition, options=opts)
 
     def encode(self, image: ImageSource | LoadedImage, *, name: str | None = None) -> EncodedImage:
         """Decode and run the backbone once; crop the result for many queries."""
@@ -511,47 +550,60 @@ class ClipCrop:
         condition: Condition,
         *,
         top_k: int = 5,
-        aspect_ratio: str | float | tuple[float, float] | None = None,
+        aspect_ratio: object = None,
         condition_token: bool = True,
+        options: CropOptions | None = None,
     ) -> CropResult:
         """Crops of an already encoded image for a prepared condition.
 
+        ``options`` (a :class:`~clipcrop.crop_options.CropOptions`) replaces ``top_k`` and
+        ``aspect_ratio`` when given. The backbone does not run again, whatever the number of
+        ratios: the trained decoder runs once, training-free candidates are built per ratio.
         ``condition_token=False`` is an ablation (trained mode): the decoder gets its learned
         "no condition" vector instead of the condition's token, ``b_u`` kept, to measure what
         the decoder takes from the condition beyond the union box.
         """
-        top_k, ratio = self._check_params(top_k, aspect_ratio)
+        opts = options or CropOptions.build(top_k=top_k, aspect_ratio=aspect_ratio)
+        top_k = validate_top_k(opts.top_k, self.max_top_k)
         timings = {**encoded.timings, **condition.timings}
-        feats = encoded.features
         t0 = time.perf_counter()
-        if condition.kind == "none":
-            selection = unconditioned(feats)
-        else:
-            selection = select_tokens(
-                feats,
-                condition.embeds,
-                condition.labels,
-                min_score=float(self.selection_settings["min_score"]),
-            )
+        selection = self._select(encoded.features, condition)
         t1 = time.perf_counter()
+        priors = self.gather_priors(encoded, opts)
+        t2 = time.perf_counter()
         width, height = encoded.width, encoded.height
+        subject = selection.union.detach().float().cpu().numpy().astype(np.float64)
+        decoded = None
         if self.model is not None:
             blind = dataclasses.replace(selection, mean_token=None)
-            cands = self._decode(encoded, selection if condition_token else blind)
-        else:
-            cands = self._compose(feats, selection, width, height, ratio)
-        t2 = time.perf_counter()
-        subject = selection.union.detach().float().cpu().numpy().astype(np.float64)
-        crops = self.postprocess(
-            cands.boxes, cands.scores, width, height, top_k=top_k, ratio=ratio, subject=subject
-        )
-        t3 = time.perf_counter()
+            decoded = self._decode(encoded, selection if condition_token else blind)
+        crops: list[Crop] = []
+        post = 0.0
+        for label, ratio in opts.aspects:
+            cands = (
+                decoded
+                if decoded is not None
+                else self._compose(encoded.features, selection, width, height, ratio)
+            )
+            t3 = time.perf_counter()
+            group = self.postprocess(
+                cands.boxes,
+                cands.scores,
+                width,
+                height,
+                top_k=top_k,
+                ratio=ratio,
+                subject=subject,
+                priors=priors,
+            )
+            crops += [self._finish_crop(c, label, subject, width, height, opts) for c in group]
+            post += time.perf_counter() - t3
         # the stage that ran: the trained decoder, or the composition ranking of training-free mode
         stage = "decoder" if self.model is not None else "compose"
-        timings.update({"select": t1 - t0, stage: t2 - t1, "postprocess": t3 - t2})
-        union_px = round_box(
-            selection.union.detach().float().cpu().numpy() * [width, height, width, height], width, height
-        )
+        timings.update({"select": t1 - t0, stage: time.perf_counter() - t2 - post, "postprocess": post})
+        if priors:
+            timings["priors"] = t2 - t1
+        union_px = round_box(subject * [width, height, width, height], width, height)
         return CropResult(
             crops=crops,
             width=width,
@@ -564,14 +616,59 @@ class ClipCrop:
             keywords=[lab for lab in selection.labels if lab not in ("full text", "image query")],
             timings=timings,
             truncated=condition.truncated,
+            subject=union_px if selection.conditioned else None,
+            priors=list(priors),
+            aspects=[label for label, _ in opts.aspects],
         )
 
-    # ------------------------------------------------------------------ internals
-    def _check_params(self, top_k: int, aspect_ratio) -> tuple[int, float | None]:
-        top_k = validate_top_k(top_k, self.max_top_k)
-        ratio = aspect_ratio if isinstance(aspect_ratio, float) else parse_aspect(aspect_ratio)
-        return top_k, ratio
+    def _select(self, feats: ImageFeatures, condition: Condition) -> Selection:
+        """The condition's token selection and ``b_u`` (the whole image without a condition)."""
+        if condition.kind == "none":
+            return unconditioned(feats)
+        return select_tokens(
+            feats, condition.embeds, condition.labels, min_score=float(self.selection_settings["min_score"])
+        )
 
+    def gather_priors(self, encoded: EncodedImage, options: CropOptions) -> list[Prior]:
+        """The priors of a request on one image, clipped to it: the user's boxes, the faces the
+        Haar cascade finds (``faces``) and, per ``avoid`` text, OWL-ViT's detections of it on the
+        same encoded image (tokens at ``object_threshold`` or more, de-duplicated; the best token
+        when none reaches it but it reaches ``min_score``)."""
+        width, height = encoded.width, encoded.height
+        priors = list(options.priors)
+        if options.faces:
+            from .modeling.faces import detect_faces
+
+            img = encoded.loaded.image
+            sx, sy = width / img.width, height / img.height  # the image may be decoded reduced
+            for x0, y0, x1, y1 in detect_faces(img):
+                priors.append(Prior((x0 * sx, y0 * sy, x1 * sx, y1 * sy), "face", 1.0, "faces"))
+        for text in options.avoid_text:
+            priors += self._text_regions(encoded, text)
+        return clip_priors(priors, width, height)
+
+    def _text_regions(self, encoded: EncodedImage, text: str) -> list[Prior]:
+        """What OWL-ViT finds for ``text`` on the encoded image, as avoid priors (pixels)."""
+        feats, settings = encoded.features, self.selection_settings
+        probs = torch.sigmoid(feats.logits(self.backbone.embed_texts([text]))[0, :, 0]).float().cpu().numpy()
+        boxes = feats.boxes[0].float().cpu().numpy().astype(np.float64)
+        found = salient_objects(boxes, probs, threshold=float(settings["object_threshold"]), max_objects=3)
+        if not len(found) and probs.max() >= float(settings["min_score"]):
+            found = boxes[[int(np.argmax(probs))]]
+        scale = np.array([encoded.width, encoded.height] * 2, dtype=np.float64)
+        return [Prior(tuple(float(v) for v in b * scale), "avoid", 1.0, f"text: {text}") for b in found]
+
+    @staticmethod
+    def _finish_crop(
+        crop: Crop, label: str | None, subject: np.ndarray, width: int, height: int, options: CropOptions
+    ) -> Crop:
+        """A ranked crop with its ratio label, focal point and output size."""
+        cx, cy = (subject[0] + subject[2]) / 2 * width, (subject[1] + subject[3]) / 2 * height
+        x0, y0, x1, y1 = crop.box
+        focus = (min(max(cx, x0), x1), min(max(cy, y0), y1))
+        return dataclasses.replace(crop, aspect=label, focus=focus, output_size=options.output_size(crop.box))
+
+    # ------------------------------------------------------------------ internals
     @torch.no_grad()
     def _decode(self, encoded: EncodedImage, selection: Selection) -> Candidates:
         """Trained mode: the decoder's M crops (normalised xyxy) and sigmoid scores.
@@ -628,6 +725,7 @@ class ClipCrop:
         top_k: int,
         ratio: float | None,
         subject: np.ndarray | None = None,
+        priors: Sequence[Prior] = (),
     ) -> list[Crop]:
         """Normalised xyxy boxes + scores -> ranked, distinct pixel crops.
 
@@ -637,20 +735,53 @@ class ClipCrop:
         :func:`clipcrop.modeling.composition.fill_candidates` around ``subject`` (normalised xyxy; the whole
         image when None) fills up, ranked after every candidate: fewer than ``top_k`` come back
         only when the image cannot hold more distinct crops.
+
+        ``priors`` (pixel boxes) re-rank every candidate by
+        :func:`clipcrop.modeling.priors.prior_penalties` (score minus penalty, so a crop that cuts
+        a kept region ranks below every crop that holds it); with kept regions, crops around the
+        subject and all of them join the candidates, so that holding them is possible.
         """
-        px = self._final_boxes(np.asarray(boxes, dtype=np.float64), width, height, ratio)
-        scores = np.asarray(scores, dtype=np.float64)
-        crops = self._distinct(px, scores, width, height, top_k, ratio)
+        subject = subject if subject is not None else np.array([0.0, 0.0, 1.0, 1.0])
+        boxes, scores = self._with_keep_candidates(boxes, scores, subject, priors, width, height, ratio)
+        px = self._final_boxes(boxes, width, height, ratio)
+        crops = self._distinct(px, scores - prior_penalties(px, priors), width, height, top_k, ratio)
         if len(crops) < top_k:
-            whole = np.array([0.0, 0.0, 1.0, 1.0])
-            fill = fill_candidates(subject if subject is not None else whole, width, height, ratio)
+            fill = fill_candidates(subject, width, height, ratio)
             floor = min([c.score for c in crops], default=1.0)
             fill_px = self._final_boxes(fill.boxes, width, height, ratio)
+            fill_scores = fill.scores * floor * 0.99 - prior_penalties(fill_px, priors)
             taken = {c.box for c in crops}
-            extra = self._distinct(fill_px, fill.scores * floor * 0.99, width, height, top_k, ratio, taken)
+            extra = self._distinct(fill_px, fill_scores, width, height, top_k, ratio, taken)
             crops += extra[: top_k - len(crops)]
         crops.sort(key=lambda c: -c.score)
         return crops
+
+    @staticmethod
+    def _with_keep_candidates(
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        subject: np.ndarray,
+        priors: Sequence[Prior],
+        width: int,
+        height: int,
+        ratio: float | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates (normalised xyxy, scores) plus, when there are kept regions, composition's
+        crops around the subject and every kept region (scored below every candidate): crops that
+        hold them all exist, whatever the decoder or the subject's candidates offered."""
+        boxes, scores = (
+            np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            np.asarray(scores, dtype=np.float64),
+        )
+        keeps = [p.box for p in priors if p.keeps]
+        if not keeps:
+            return boxes, scores
+        scale = np.array([width, height, width, height], dtype=np.float64)
+        both = np.vstack([subject[None] * scale, np.array(keeps)])
+        union = np.concatenate([both[:, :2].min(0), both[:, 2:].max(0)]) / scale
+        extra = rank_candidates(union, np.zeros((0, 4)), width, height, ratio)
+        floor = float(scores.min()) if len(scores) else 1.0
+        return np.vstack([boxes, extra.boxes]), np.concatenate([scores, extra.scores * floor * 0.99])
 
     def _final_boxes(self, boxes: np.ndarray, width: int, height: int, ratio: float | None) -> np.ndarray:
         """(C, 4) normalised xyxy -> pixel boxes in the ratio and at least the minimum size."""

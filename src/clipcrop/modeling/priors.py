@@ -1,7 +1,7 @@
 """Priors: regions a crop should keep whole or leave out, each with a weight.
 
 One mechanism for what media pipelines ask of a cropper (smartcrop's boost regions, Cloudinary's
-faces and ``avoid``): a :class:`Prior` is a pixel box with a kind and a weight, from the user
+faces and ``avoid``): a :class:`~clipcrop.crop_options.Prior` is a pixel box with a kind and a weight, from the user
 (``keep=``/``avoid=`` boxes), from OWL-ViT (``avoid_text=``: what it detects for a text, from the
 same encoded image) or from the face detector (``faces=True``: kept whole). Both modes rank with
 the same penalty (:func:`prior_penalties`): the trained decoder's crops are re-ranked by it, the
@@ -20,72 +20,16 @@ Boxes are **pixels xyxy of the upright image**; ``weight`` is positive (1 by def
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ParameterError
+from ..crop_options import Prior
 from ..ops.box_ops import intersection_np
 
-KINDS = ("keep", "avoid", "face")
 #: a kept region counts as whole when this share of its area is inside the crop (rounding slack)
 WHOLE = 0.98
 #: an avoided region counts as touched when more than this share of it is inside the crop
 TOUCH = 0.02
-
-
-@dataclass(frozen=True)
-class Prior:
-    """A region for crops to keep whole (``keep``, ``face``) or to leave out (``avoid``).
-
-    Attributes:
-        box: (x0, y0, x1, y1) float pixels of the upright image.
-        kind: ``"keep"``, ``"avoid"`` or ``"face"`` (a detected face, kept whole).
-        weight: how much a crop loses for breaking it (> 0).
-        source: where it came from: ``"user"``, ``"faces"`` or ``"text: <query>"``.
-    """
-
-    box: tuple[float, float, float, float]
-    kind: str
-    weight: float = 1.0
-    source: str = "user"
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ParameterError(f"prior kind {self.kind!r} is not one of {', '.join(KINDS)}")
-        x0, y0, x1, y1 = self.box
-        if not (np.isfinite([x0, y0, x1, y1]).all() and x1 > x0 and y1 > y0):
-            raise ParameterError(f"prior box {list(self.box)} must be x0,y0,x1,y1 with x1 > x0 and y1 > y0")
-        if not (np.isfinite(self.weight) and self.weight > 0):
-            raise ParameterError(f"prior weight must be positive, got {self.weight}")
-
-    @property
-    def keeps(self) -> bool:
-        return self.kind in ("keep", "face")
-
-    def to_dict(self) -> dict:
-        return {
-            "box": [round(float(v), 2) for v in self.box],
-            "kind": self.kind,
-            "weight": float(self.weight),
-        }
-
-
-def parse_box(text: str, kind: str) -> Prior:
-    """``"x0,y0,x1,y1"`` or ``"x0,y0,x1,y1,weight"`` (pixels) -> :class:`Prior` of ``kind``.
-
-    Raises:
-        ParameterError: not four or five numbers, an empty box or a weight that is not positive.
-    """
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) not in (4, 5):
-        raise ParameterError(f"{kind} box {text!r} must be x0,y0,x1,y1 or x0,y0,x1,y1,weight in pixels")
-    weight = values[4] if len(values) == 5 else 1.0
-    return Prior(tuple(values[:4]), kind, weight)  # type: ignore[arg-type]
 
 
 def clip_priors(priors: Sequence[Prior], width: int, height: int) -> list[Prior]:
