@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ModelLoadError
-from ..model_source import folder_problem
+from ..model_source import DEFAULT_BACKBONE, MODEL_TYPES, folder_problem
 from ..ops.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "google/owlvit-base-patch32"
-SUPPORTED_TYPES = ("owlvit", "owlv2")
+#: the default model and the model types ClipCrop runs on, defined once (torch-free) in model_source
+SUPPORTED_TYPES = MODEL_TYPES
 
 
 @dataclass
