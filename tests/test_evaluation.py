@@ -190,7 +190,8 @@ def test_train_evaluate_resume_cli(gaic, tiny_backbone_dir, tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["selection"]["use_keywords"] and not saved["selection"]["use_full_text"]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log if e["event"] == "checkpoint"] == [4, 6]
+    # every 4 steps and at each epoch's end (6 samples, batch 4: 2 steps an epoch), and the stop
+    assert [e["step"] for e in log if e["event"] == "checkpoint"] == [2, 4, 6]
 
     # GAIC, captions as queries, with baselines and a predictions file
     preds = tmp_path / "gaic.jsonl"
