@@ -56,7 +56,8 @@ def assert_error(r, status: int, code: str | None = None) -> dict:
 
 
 class Blocking:
-    """Wraps a predictor: ``crop`` waits for ``release`` (fills the queue deterministically)."""
+    """Wraps a predictor: ``encode`` (the service's first model step) waits for ``release``
+    (fills the queue deterministically)."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
@@ -65,9 +66,9 @@ class Blocking:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def crop(self, *args, **kwargs):
+    def encode(self, *args, **kwargs):
         assert self.release.wait(30)
-        return self.inner.crop(*args, **kwargs)
+        return self.inner.encode(*args, **kwargs)
 
 
 def wait_until(predicate, timeout=10.0) -> None:
@@ -418,7 +419,7 @@ def test_model_load_failure_is_reported_by_ready():
 
 def test_internal_error_is_a_generic_500(tiny_cc, small_jpeg, caplog):
     class Broken(Blocking):
-        def crop(self, *args, **kwargs):
+        def encode(self, *args, **kwargs):
             raise RuntimeError("secret internal detail")
 
     with TestClient(create_app(Broken(tiny_cc)), raise_server_exceptions=False) as c:

@@ -8,9 +8,13 @@ object and the loaded model's number of crops.
 
 from __future__ import annotations
 
+import functools
+
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from ..crop_options import MAX_OUTPUT_SIDE
+from ..errors import ParameterError
 from ..limits import Limits
 
 #: ``top_k`` when a request gives none
@@ -34,6 +38,10 @@ class InfoResponse(BaseModel):
     media_types: list[str] = Field(description="the same as media types, for a file input's accept")
     output_formats: list[str] = Field(description="formats POST /v1/crop/image can answer in")
     aspect_presets: list[str] = Field(description="suggested W:H ratios; any positive W:H is accepted")
+    max_output_side: int = Field(description="largest width or height the size field accepts, in pixels")
+    faces: bool = Field(
+        description="faces=true works here: OpenCV's face detector (clipcrop[faces]) is installed"
+    )
 
 
 #: media types of formats whose Pillow plugin may not be loaded (so not in ``Image.MIME``) yet
@@ -58,4 +66,28 @@ def info_body(limits: Limits, max_top_k: int, model: str, mode: str, version: st
         "media_types": sorted(media),
         "output_formats": list(OUTPUT_FORMATS),
         "aspect_presets": list(ASPECT_PRESETS),
+        "max_output_side": MAX_OUTPUT_SIDE,
+        "faces": faces_problem() is None,
     }
+
+
+@functools.lru_cache(maxsize=1)
+def faces_problem() -> str | None:
+    """Why ``faces=true`` cannot work in this process (the library's message: OpenCV missing, or
+    a 5.x without the cascade files), or None when it can. Asked once: the detector is loaded by
+    running it on a blank 8 x 8 picture through :func:`clipcrop.modeling.faces.detect_faces`."""
+    from ..modeling.faces import detect_faces
+
+    try:
+        detect_faces(Image.new("L", (8, 8)))
+    except ParameterError as exc:
+        return str(exc)
+    return None
+
+
+def require_faces() -> None:
+    """Raise the library's :class:`~clipcrop.errors.ParameterError` when faces cannot be found here,
+    so that a request asking for them is refused before its upload is read."""
+    problem = faces_problem()
+    if problem is not None:
+        raise ParameterError(problem)

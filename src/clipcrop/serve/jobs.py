@@ -2,6 +2,10 @@
 every parameter error before the first byte of an upload is read), then the expensive part run
 by the work queue in a worker thread (:class:`Job`'s methods).
 
+A crop form's options (aspect ratios, size, upscale, keep / avoid boxes, avoid texts, faces)
+become a :class:`~clipcrop.crop_options.CropOptions` through :meth:`CropOptions.build`, the one
+check every surface shares: the service converts form values, it never checks them on its own.
+
 Boxes are ``x0, y0, x1, y1`` in pixels of the upright original (see :class:`~clipcrop.predictor.CropResult`).
 """
 
@@ -12,12 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
+from PIL import Image
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from ..crop_options import CropOptions
 from ..errors import FileTooLargeError, ParameterError, QueryError
 from ..io.images import LoadedImage, decode_bytes
-from ..ops.box_ops import parse_aspect
 from ..validation import MAX_DETECTIONS, validate_query, validate_query_pair, validate_top_k
+from .info import require_faces
 from .state import ServiceState
 
 if TYPE_CHECKING:
@@ -59,8 +65,45 @@ class CropPicture:
 
 
 @dataclass(frozen=True)
+class CropFields:
+    """A crop form's option fields as received (strings, lists of strings for repeatable fields);
+    :meth:`options` turns them into :class:`~clipcrop.crop_options.CropOptions`."""
+
+    aspect: list[str] | None = None
+    size: str | None = None
+    upscale: bool = False
+    keep: list[str] | None = None
+    avoid_box: list[str] | None = None
+    avoid: list[str] | None = None
+    faces: bool = False
+
+    def options(self, top_k: int) -> CropOptions:
+        """The request's options, built (and so checked) by :meth:`CropOptions.build`; repeated
+        ``aspect`` fields (a page's checkboxes) join as one comma list, an empty one is free.
+
+        Raises:
+            ParameterError: what :meth:`CropOptions.build` refuses; faces asked for where OpenCV's
+                detector is not installed.
+        """
+        options = CropOptions.build(
+            top_k=top_k,
+            aspect_ratio=",".join(self.aspect or ()) or None,
+            size=self.size,
+            upscale=self.upscale,
+            keep=self.keep or (),
+            avoid_box=self.avoid_box or (),
+            avoid=self.avoid or (),
+            faces=self.faces,
+        )
+        if options.faces:
+            require_faces()
+        return options
+
+
+@dataclass(frozen=True)
 class Job:
-    """One checked request; its methods do the work (in a worker thread)."""
+    """One checked request; its methods do the work (in a worker thread). ``options``: the crop
+    request's (None for a detect request, which has only ``top_k``)."""
 
     service: ServiceState
     predictor: ClipCrop
@@ -68,7 +111,7 @@ class Job:
     query: str | None
     image_query: Upload | None
     top_k: int
-    aspect: str | None
+    options: CropOptions | None = None
 
     def decode(self) -> DecodedUploads:
         limits = self.service.limits
@@ -92,14 +135,13 @@ class Job:
         return {**result.to_dict(), "timings": {k: round(v, 6) for k, v in timings.items()}}
 
     def crop(self) -> CroppedUpload:
+        """The library's crops for the decoded upload with the request's options: what
+        :meth:`ClipCrop.crop` answers for the same bytes, condition and options."""
         decoded = self.decode()
-        result = self.predictor.crop(
-            decoded.image,
-            query=self.query,
-            image_query=decoded.query_image,
-            top_k=self.top_k,
-            aspect_ratio=self.aspect,
-        )
+        predictor = self.predictor
+        condition = predictor.prepare_condition(self.query, decoded.query_image)
+        options = self.options or CropOptions.build(top_k=self.top_k)
+        result = predictor.crop_encoded(predictor.encode(decoded.image), condition, options=options)
         result.timings["decode"] = decoded.seconds  # the predictor got decoded images: report our decode
         return CroppedUpload(decoded.image, result)
 
@@ -112,8 +154,11 @@ class Job:
         return out
 
     def crop_picture(self, fmt: str, strip_metadata: bool = False, strip_icc: bool = False) -> CropPicture:
-        """The best crop encoded as ``fmt``, with the upload's ICC profile and EXIF (orientation 1)
-        unless stripped (see :mod:`clipcrop.io.metadata`); the whole picture when there is no crop."""
+        """The best crop (of the first ratio, with several) encoded as ``fmt``, with the upload's
+        ICC profile and EXIF (orientation 1) unless stripped (see :mod:`clipcrop.io.metadata`);
+        the whole picture when there is no crop. With a size, resized to the crop's
+        ``output_size``: exactly the size asked for, or smaller (same shape) when the crop is
+        smaller and ``upscale`` was not given."""
         from ..io.render import cut, encode_image, metadata_for
 
         cropped = self.crop()
@@ -122,9 +167,19 @@ class Job:
             full = decode_bytes(self.image.data, self.service.limits, name=self.image.name, reduce=False)
         box = result[0].box if len(result) else (0, 0, result.width, result.height)
         picture = cut(full.image, box, (result.width, result.height))
+        if len(result) and result[0].output_size is not None:
+            picture = resized(picture, result[0].output_size)
         meta = metadata_for(full, picture.size, strip_metadata=strip_metadata, strip_icc=strip_icc)
         data, media = encode_image(picture, fmt, metadata=meta)
         return CropPicture(data, media, result)
+
+
+def resized(picture: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``picture`` at exactly ``size`` (width, height) pixels, resampled with Lanczos (the sharpest
+    of Pillow's filters for photos, down or up); unchanged when it already has that size."""
+    if picture.size == tuple(size):
+        return picture
+    return picture.resize((int(size[0]), int(size[1])), Image.Resampling.LANCZOS)
 
 
 async def read_upload(upload: StarletteUploadFile, limit: int, what: str, default_name: str) -> Upload:
@@ -174,27 +229,34 @@ async def _form_files(request: Request, image: Any, image_query: Any, detect: bo
     return _FormFiles(image, raw_query, image_query)
 
 
+#: fields a crop form holds at most once (repeatable ones: aspect, keep, avoid_box, avoid)
+SINGLE_FIELDS = ("top_k", "size", "upscale", "faces")
+
+
 async def prepare_job(
     service: ServiceState,
     request: Request,
     image: Any,
     image_query: Any,
     top_k: Any,
-    aspect: Any,
-    *,
-    detect: bool = False,
+    fields: CropFields | None,
 ) -> Job:
-    """Check a crop form (``detect``: a detect form, which needs a query and has its own top_k
-    limit) and read its uploads; every parameter error is raised before the first byte is read."""
+    """Check a crop form (``fields``: its options; None: a detect form, which needs a query and
+    has its own top_k limit) and read its uploads; every parameter error is raised before the
+    first byte is read."""
     predictor = service.require_predictor()
+    detect = fields is None
     form = await _form_files(request, image, image_query, detect)
+    raw = await request.form()
+    for name in SINGLE_FIELDS:
+        if len(raw.getlist(name)) > 1:
+            raise ParameterError(f"{name}: give it at most once")
     query = validate_query(form.raw_query, service.limits)
     top_k = validate_top_k(top_k, MAX_DETECTIONS if detect else service.max_top_k(predictor))
-    aspect_text = aspect if isinstance(aspect, str) and aspect.strip() else None
-    parse_aspect(aspect_text)  # ParameterError now, before any work
+    options = None if fields is None else fields.options(top_k)  # ParameterError now, before any work
     limit = service.limits.max_file_bytes
     upload = await read_upload(form.image, limit, "image", "upload")
     query_upload = None
     if form.image_query is not None:
         query_upload = await read_upload(form.image_query, limit, "image_query", "image_query")
-    return Job(service, predictor, upload, query, query_upload, top_k, aspect_text)
+    return Job(service, predictor, upload, query, query_upload, top_k, options)

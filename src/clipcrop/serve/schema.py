@@ -29,6 +29,21 @@ class ErrorBody(BaseModel):
 class CropItem(BaseModel):
     box: list[int] = Field(description="x0, y0, x1, y1 in pixels of the upright original; x1/y1 exclusive")
     score: float = Field(description="quality score in [0, 1]")
+    aspect: str | None = Field(None, description="the ratio W:H this crop was made for; null for a free crop")
+    focus: list[float] | None = Field(
+        None, description="x, y: the subject's centre moved inside the crop, in pixels (a focal point)"
+    )
+    output_size: list[int] | None = Field(
+        None, description="width, height the crop is written at; only when a size was asked for"
+    )
+
+
+class PriorItem(BaseModel):
+    box: list[float] = Field(description="x0, y0, x1, y1: float pixels of the upright original")
+    kind: Literal["keep", "avoid", "face"] = Field(
+        description="keep and face: crops hold it whole; avoid: crops leave it out"
+    )
+    weight: float = Field(description="how much a crop loses for breaking it (1 outweighs any score)")
 
 
 class CropResponse(BaseModel):
@@ -39,8 +54,17 @@ class CropResponse(BaseModel):
     height: int
     query: str | None = Field(description="the text query after cleaning, or null")
     image_query: str | None = Field(None, description="file name of the query image, when one was sent")
-    crops: list[CropItem] = Field(description="ranked crops, best first")
+    crops: list[CropItem] = Field(
+        description="ranked crops, best first; with several aspect ratios top_k per ratio, grouped in the order given"
+    )
     error: str | None = Field(description="always null in a 200 answer")
+    truncated: bool | None = Field(None, description="the text was longer than OWL-ViT reads (text queries)")
+    subject: list[int] | None = Field(
+        description="the condition's union box b_u in pixels (x0, y0, x1, y1); null without a condition"
+    )
+    priors: list[PriorItem] = Field(
+        description="the regions the ranking kept whole or left out: keep/avoid boxes, faces, avoided texts"
+    )
     mode: str = Field(description="trained or training-free")
     union_box: list[int] = Field(description="union of the boxes the condition selected (b_u)")
     keywords: list[str]
@@ -86,8 +110,8 @@ class ReadyResponse(BaseModel):
 
 
 _ERROR_TEXT = {
-    400: "Bad parameters (missing image, bad top_k or aspect, empty query, both query and image_query; "
-    "for /v1/detect also neither)",
+    400: "Bad parameters (missing image, bad top_k, aspect, size or box, empty query or avoid text, "
+    "size with several ratios, faces without OpenCV, both query and image_query; for /v1/detect also neither)",
     401: "API key missing or wrong (send Authorization: Bearer KEY or X-API-Key: KEY)",
     408: "The upload was too slow",
     413: "Upload larger than the limit",
@@ -127,11 +151,38 @@ TopKField = Annotated[
     int, Form(ge=1, le=1000, description="number of crops (1 .. max_top_k, which /v1/info and /ready report)")
 ]
 AspectField = Annotated[
+    list[str] | None,
+    Form(
+        description="exact aspect ratio W:H of every crop, e.g. 1:1, 16:9; empty or 'free' = any. Several "
+        "(1:1,4:5 or the field repeated): top_k crops per ratio, grouped in that order, the image encoded once",
+        examples=[["1:1"], ["1:1,4:5,16:9"]],
+    ),
+]
+SizeField = Annotated[
     str | None,
     Form(
-        description="exact aspect ratio W:H of every crop, e.g. 1:1, 16:9; empty or 'free' = any",
-        examples=["1:1", "16:9"],
+        description="exact output size WIDTHxHEIGHT in pixels (each crop's output_size; /v1/crop/image "
+        "answers the best crop at that size); the aspect follows from it unless given; one ratio only",
+        examples=["1080x1350"],
     ),
+]
+UpscaleField = Annotated[
+    bool, Form(description="let size enlarge a crop smaller than it (default: scaled down to fit, never up)")
+]
+KeepField = Annotated[
+    list[str] | None,
+    Form(description="a region crops keep whole: x0,y0,x1,y1[,weight] in pixels (repeat the field for more)"),
+]
+AvoidBoxField = Annotated[
+    list[str] | None,
+    Form(description="a region crops leave out: x0,y0,x1,y1[,weight] in pixels (repeat the field for more)"),
+]
+AvoidField = Annotated[
+    list[str] | None,
+    Form(description="what crops should leave out, in words: OWL-ViT's detections of it (repeatable)"),
+]
+FacesField = Annotated[
+    bool, Form(description="keep faces whole (OpenCV's face detector; /v1/info says whether it is installed)")
 ]
 FormatField = Annotated[Literal["jpeg", "png", "webp"], Form(description="picture format of the answer")]
 StripMetadataField = Annotated[
