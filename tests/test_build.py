@@ -16,8 +16,9 @@ from clipcrop.build import (
 )
 from clipcrop.errors import ParameterError
 from clipcrop.modeling.decoder_config import DecoderConfig
-from clipcrop.modeling.model import DEFAULT_SELECTION, ClipCropModel
+from clipcrop.modeling.model import ClipCropModel
 from clipcrop.modeling.selection import Selection, decoder_inputs
+from clipcrop.modeling.selection_settings import DEFAULT_SELECTION
 
 
 def test_named_decoder_configs_and_overrides():

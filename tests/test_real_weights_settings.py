@@ -11,8 +11,8 @@ from conftest import sample_photo
 
 from clipcrop import ClipCrop
 from clipcrop.errors import ParameterError
-from clipcrop.modeling.model import DEFAULT_SELECTION, PROMPT_TEMPLATE
 from clipcrop.modeling.selection import condition_texts
+from clipcrop.modeling.selection_settings import DEFAULT_SELECTION, PROMPT_TEMPLATE
 
 HOPPER = sample_photo("grace_hopper.jpg")
 PHOTOS = [sample_photo(n) for n in ("astronaut.png", "chelsea.png", "coffee.png", "grace_hopper.jpg")]

@@ -189,8 +189,8 @@ def test_training_free_top_k_limit_is_the_default_crop_count(tiny_free_cc, monke
 
 
 def test_condition_texts_fill_missing_settings_from_the_selection_defaults():
-    from clipcrop.modeling.model import DEFAULT_SELECTION
     from clipcrop.modeling.selection import condition_texts
+    from clipcrop.modeling.selection_settings import DEFAULT_SELECTION
 
     text = "a dog on a boat"
     assert condition_texts(text, {}) == condition_texts(text, DEFAULT_SELECTION)

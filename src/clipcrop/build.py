@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ParameterError
 from .modeling.decoder_config import DecoderConfig
-from .modeling.model import ClipCropModel, check_selection
+from .modeling.model import ClipCropModel
+from .modeling.selection_settings import check_selection
 from .training.criterion import SetCriterion
 from .training.matcher import HungarianMatcher
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..io.atomic_files import write_atomic
 from ..model_source import is_clipcrop_checkpoint
+from .selection_settings import VARIANTS
 
 PAPER_TITLE = "ClipCrop: Conditioned Cropping Driven by Vision-Language Model"
 PAPER_VENUE = "ICCV 2023"
@@ -102,7 +103,6 @@ def _front_matter(config: dict) -> str:
 
 
 def _model_section(config: dict) -> list[str]:
-    from .model import VARIANTS
 
     decoder = config.get("decoder") or {}
     selection = config.get("selection") or {}

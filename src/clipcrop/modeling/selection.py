@@ -16,7 +16,7 @@ import torch
 
 from ..ops.box_ops import union_box
 from .backbone import ImageFeatures
-from .model import DEFAULT_SELECTION
+from .selection_settings import DEFAULT_SELECTION
 
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 #: smallest side of ``b_u`` as a fraction of the image: a degenerate box (a token whose box

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import ParameterError
 from ..modeling.backbone import DEFAULT_BACKBONE
 from ..modeling.decoder_config import DecoderConfig
-from ..modeling.model import PROMPT_TEMPLATE, VARIANTS
+from ..modeling.selection_settings import PROMPT_TEMPLATE, VARIANTS
 from . import checkpoints, runloop
 from .reporting import REPORT_TO
 from .runloop import DEFAULT_KEEP_CHECKPOINTS, DEFAULT_SAVE_EVERY, RunResult
