@@ -113,7 +113,7 @@ def test_crop_with_the_keyboard_then_an_error(browser, servers, tmp_path):
     page.set_input_files("#image", str(sample_photo("astronaut.png")))
     page.fill("#query", "a woman in a space suit")
     page.fill("#top-k", "3")
-    page.select_option("#aspect", "4:5")
+    page.check("#aspect-presets input[value='4:5']")
     page.focus("#crop-button")
     page.keyboard.press("Enter")
 
@@ -230,8 +230,9 @@ def test_form_takes_the_servers_limits_and_keeps_the_queries_exclusive(browser, 
         assert page.get_attribute("#top-k", "max") == "12"  # the tiny model's M, not a page constant
         assert page.inner_text("#top-k-hint") == "1 to 12"
         assert page.get_attribute("#query", "maxlength") == "40"
-        values = page.eval_on_selector_all("#aspect option", "os => os.map(o => o.value)")
-        assert values == ["", "1:1", "4:5", "2:3", "3:4", "4:3", "3:2", "16:9", "9:16", "custom"]
+        values = page.eval_on_selector_all("#aspect-presets input[name=aspect]", "os => os.map(o => o.value)")
+        assert values == ["1:1", "4:5", "2:3", "3:4", "4:3", "3:2", "16:9", "9:16"]
+        assert page.is_enabled("#faces")  # OpenCV is installed here: /v1/info says faces work
 
         # a text query locks the image picker; a query image clears and locks the text field
         page.fill("#query", "a cat")
@@ -256,11 +257,14 @@ def test_form_takes_the_servers_limits_and_keeps_the_queries_exclusive(browser, 
         page.set_input_files("#image", str(sample_photo("astronaut.png")))  # 0.79 MB > 0.19 MB
         page.click("#crop-button")
         assert "above this service's limit of 0.2 MB" in page.inner_text("#error")
-        page.select_option("#aspect", "custom")
-        page.fill("#aspect-custom", "0:1")
+        page.fill("#aspect-custom", "1:1, 0:1")
         page.set_input_files("#image", str(sample_photo("grace_hopper.jpg")))
         page.click("#crop-button")
         assert "W:H with two positive numbers" in page.inner_text("#error")
+        page.fill("#aspect-custom", "")
+        page.fill("#size", "1080 by 1350")
+        page.click("#crop-button")
+        assert "W×H in pixels, each side 1 to 16384" in page.inner_text("#error")
         assert crops_sent == []
         assert not problems, problems
         context.close()
@@ -273,7 +277,6 @@ def test_result_says_which_query_made_it_and_custom_ratios_apply(browser, server
     page.set_input_files("#image", str(sample_photo("astronaut.png")))
     page.fill("#query", "a rocket")
     page.fill("#top-k", "2")
-    page.select_option("#aspect", "custom")
     page.fill("#aspect-custom", "5:4")
     page.click("#crop-button")
     page.wait_for_selector("#thumbs li >> nth=1", timeout=60_000)
@@ -284,7 +287,7 @@ def test_result_says_which_query_made_it_and_custom_ratios_apply(browser, server
         assert abs(w / h - 5 / 4) < 0.02, meta
 
     page.set_input_files("#image-query", str(sample_photo("coffee.png")))
-    page.select_option("#aspect", "")
+    page.fill("#aspect-custom", "")
     page.click("#crop-button")
     page.locator("#result-query-text", has_text="query image").wait_for(timeout=60_000)
     assert page.inner_text("#result-query-text").startswith("Crops for the query image coffee.png")
@@ -323,6 +326,7 @@ def test_rank_labels_of_boxes_sharing_corners_never_cover_each_other(browser, se
     page.click("#crop-button")
     page.wait_for_selector("#thumbs li >> nth=7", timeout=60_000)
     assert page.locator("#boxes .rank").all_inner_texts() == [str(i) for i in range(1, 9)]
+    page.evaluate("window.scrollTo(0, 0)")  # the image in the viewport: hit-testing needs it there
     stage = page.locator("#boxes").bounding_box()
     labels = [page.locator(f"#rank-{i}").bounding_box() for i in range(1, 9)]
     for i, a in enumerate(labels):
@@ -338,5 +342,154 @@ def test_rank_labels_of_boxes_sharing_corners_never_cover_each_other(browser, se
     for i, a in enumerate(labels, start=1):
         cx, cy = a["x"] + a["width"] / 2, a["y"] + a["height"] / 2
         assert page.evaluate(f"document.elementFromPoint({cx}, {cy}).id") == f"rank-{i}"
+    assert not problems, problems
+    context.close()
+
+
+def _labels_apart_and_on_top(page, ids: list[str]) -> None:
+    """Every label is inside the image, none overlaps another, and each is the topmost element
+    at its centre (hit-testing switched on for the overlay, which ignores the pointer)."""
+    page.evaluate("window.scrollTo(0, 0)")  # the image in the viewport: hit-testing needs it there
+    stage = page.locator("#boxes").bounding_box()
+    rects = [page.locator(f"#{i}").bounding_box() for i in ids]
+    for n, a in enumerate(rects):
+        x_in = stage["x"] - 0.5 <= a["x"] and a["x"] + a["width"] <= stage["x"] + stage["width"] + 0.5
+        y_in = stage["y"] - 0.5 <= a["y"] and a["y"] + a["height"] <= stage["y"] + stage["height"] + 0.5
+        assert x_in and y_in, (ids[n], a, stage)
+        for m, b in enumerate(rects[:n]):
+            assert not _overlap(a, b), (ids[n], ids[m], a, b)
+    page.evaluate(
+        "document.querySelectorAll('#boxes, #boxes *').forEach(e => e.style.pointerEvents = 'auto')"
+    )
+    for i, a in zip(ids, rects, strict=True):
+        cx, cy = a["x"] + a["width"] / 2, a["y"] + a["height"] / 2
+        assert page.evaluate(f"document.elementFromPoint({cx}, {cy}).id") == i
+    page.evaluate("document.querySelectorAll('#boxes, #boxes *').forEach(e => e.style.pointerEvents = '')")
+
+
+def test_two_ratios_faces_and_a_size(browser, servers, tmp_path):
+    """Two presets and faces: the crops come grouped by ratio, each exactly its ratio, with the
+    face drawn as a dashed prior and no label over another; a size with two ratios is the
+    library's 400, shown as it words it; with one ratio the downloads have exactly that size."""
+    context, page, problems = _new_page(browser)
+    page.goto(servers[0].base + "/")
+    page.wait_for_selector("body[data-info=loaded]", timeout=30_000)
+    page.set_input_files("#image", str(sample_photo("grace_hopper.jpg")))  # 512 x 600
+    page.fill("#top-k", "2")
+    page.check("#aspect-presets input[value='1:1']")
+    page.check("#aspect-presets input[value='16:9']")
+    page.check("#faces")
+    with page.expect_response("**/v1/crop") as answer:
+        page.click("#crop-button")
+    body = answer.value.json()
+    page.wait_for_selector("#thumbs li >> nth=3", timeout=60_000)
+    assert [c["aspect"] for c in body["crops"]] == ["1:1", "1:1", "16:9", "16:9"]
+    faces = [p for p in body["priors"] if p["kind"] == "face"]
+    assert len(faces) == 1 and len(body["priors"]) == 1
+
+    # the groups, in the order asked, each with its crops at exactly its ratio
+    groups = page.locator("#thumbs section.group")
+    assert groups.evaluate_all("gs => gs.map(g => g.dataset.aspect)") == ["1:1", "16:9"]
+    for n, (w, h) in enumerate([(1, 1), (16, 9)]):
+        group = groups.nth(n)
+        assert group.locator("h3").inner_text() == f"Aspect {w}:{h} · 2 crops"
+        for meta in group.locator(".score").all_inner_texts():
+            cw, ch = (int(v) for v in meta.rsplit("·", 1)[1].strip().split("×"))
+            assert abs(cw - ch * w / h) <= max(1, w / h), meta
+    assert page.locator("#boxes .rank").all_inner_texts() == ["1:1 #1", "1:1 #2", "16:9 #1", "16:9 #2"]
+    said = page.inner_text("#result-query-text")
+    assert "aspects 1:1, 16:9" in said and "1 face kept whole" in said, said
+
+    # the face, drawn where the answer says, dashed, in its own colour, labelled
+    prior = page.locator("#prior-1")
+    assert prior.get_attribute("class") == "prior prior-face"
+    style = prior.evaluate("e => [getComputedStyle(e).borderTopStyle, getComputedStyle(e).borderTopColor]")
+    crop_colour = page.locator("#box-1").evaluate("e => getComputedStyle(e).borderTopColor")
+    assert style[0] == "dashed" and style[1] != crop_colour
+    assert page.inner_text("#prior-label-1") == "face"
+    assert page.is_visible("#legend")
+    stage = page.locator("#boxes").bounding_box()
+    drawn = prior.bounding_box()
+    scale = stage["width"] / body["width"]
+    x0, y0, x1, y1 = faces[0]["box"]
+    assert abs(drawn["x"] - (stage["x"] + x0 * scale)) <= 2 and abs(drawn["width"] - (x1 - x0) * scale) <= 2
+    assert abs(drawn["y"] - (stage["y"] + y0 * scale)) <= 2 and abs(drawn["height"] - (y1 - y0) * scale) <= 2
+    _labels_apart_and_on_top(page, [f"rank-{i}" for i in range(1, 5)] + ["prior-label-1"])
+
+    # one size goes with one ratio: the library's refusal, shown; nothing drawn over the result
+    page.fill("#size", "300x300")
+    page.click("#crop-button")
+    page.get_by_role("alert").wait_for(state="visible", timeout=30_000)
+    text = page.get_by_role("alert").inner_text()
+    assert "400" in text and "cannot go with several aspect ratios" in text, text
+
+    # one ratio and the size: every download is exactly 300 x 300
+    page.uncheck("#aspect-presets input[value='16:9']")
+    with page.expect_response("**/v1/crop") as answer:
+        page.click("#crop-button")
+    body = answer.value.json()
+    assert answer.value.status == 200 and [c["output_size"] for c in body["crops"]] == [[300, 300]] * 2
+    page.locator("#thumbs .score", has_text="→ 300×300").nth(1).wait_for(timeout=60_000)
+    assert page.locator("#thumbs section.group").count() == 1
+    assert page.locator("#boxes .rank").all_inner_texts() == ["1", "2"]
+    with page.expect_download() as info:
+        page.get_by_text("Download crop 1").click()
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    with Image.open(saved) as crop:
+        assert crop.size == (300, 300)
+    assert page.inner_text("#error") == ""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_page_groups.png"), full_page=True)
+    refused = "the server responded with a status of 400"  # the browser logs the refused request
+    assert [p for p in problems if refused not in p] == [] and len(problems) == 1, problems
+    context.close()
+
+
+def test_prior_labels_never_cover_rank_labels(browser, servers):
+    """Crops and priors of every kind sharing the top-left corner (keep, avoid, face): every
+    label stays readable, each prior kind has its own dashed style, weights are shown."""
+    import json
+
+    boxes = [[0, 0, 512 - 60 * i, 512 - 60 * i] for i in range(3)]
+    answer = {
+        "image": "astronaut.png",
+        "width": 512,
+        "height": 512,
+        "query": None,
+        "mode": "trained",
+        "crops": [
+            {"box": b, "score": 0.9 - 0.1 * i, "aspect": a, "focus": [100.0, 100.0]}
+            for i, (b, a) in enumerate(zip(boxes + boxes, ["1:1"] * 3 + ["4:5"] * 3, strict=True))
+        ],
+        "subject": None,
+        "priors": [
+            {"box": [0.0, 0.0, 200.0, 200.0], "kind": "keep", "weight": 2.0},
+            {"box": [0.0, 0.0, 150.0, 150.0], "kind": "avoid", "weight": 1.0},
+            {"box": [0.0, 0.0, 100.0, 100.0], "kind": "face", "weight": 1.0},
+        ],
+        "error": None,
+        "timings": {},
+    }
+    context, page, problems = _new_page(browser)
+    page.route(
+        "**/v1/crop",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(answer)),
+    )
+    page.goto(servers[0].base + "/")
+    page.set_input_files("#image", str(sample_photo("astronaut.png")))
+    page.click("#crop-button")
+    page.wait_for_selector("#thumbs li >> nth=5", timeout=60_000)
+    assert page.locator("#boxes .prior-label").all_inner_texts() == ["keep ×2", "avoid", "face"]
+    colours = {
+        page.locator(f"#prior-{i}").evaluate("e => getComputedStyle(e).borderTopColor") for i in (1, 2, 3)
+    }
+    assert len(colours) == 3
+    styles = page.eval_on_selector_all(
+        "#boxes .prior", "es => es.map(e => getComputedStyle(e).borderTopStyle)"
+    )
+    assert styles == ["dashed"] * 3
+    ids = [f"rank-{i}" for i in range(1, 7)] + [f"prior-label-{i}" for i in (1, 2, 3)]
+    _labels_apart_and_on_top(page, ids)
     assert not problems, problems
     context.close()
