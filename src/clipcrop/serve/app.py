@@ -4,16 +4,20 @@ Build the app with :func:`create_app` (tests pass a ready predictor, ``clipcrop 
 loader that runs in a background thread so that ``/ready`` answers 503 until the model is loaded).
 
 Endpoints
-    ``POST /v1/crop``        multipart ``image`` [+ ``query`` | ``image_query``] [+ ``top_k``, ``aspect``]
+    ``POST /v1/crop``        multipart ``image`` [+ ``query`` | ``image_query``] [+ ``top_k``, ``aspect``
+                             (several: commas or repeated), ``size``, ``upscale``, ``keep``,
+                             ``avoid_box``, ``avoid``, ``faces``: :class:`~clipcrop.crop_options.CropOptions`]
                              -> the CLI's JSON object for that image, plus ``mode`` and ``timings``.
     ``POST /v1/crop/image``  the same form [+ ``format`` jpeg|png|webp, ``strip_metadata``,
                              ``strip_icc``] -> the best crop itself, cut out of the full-resolution
-                             upload, with its ICC profile and EXIF (orientation 1) unless stripped.
+                             upload (at its ``output_size`` with ``size``), with its ICC profile and
+                             EXIF (orientation 1) unless stripped.
     ``POST /v1/detect``      multipart ``image`` + ``query`` | ``image_query`` [+ ``top_k``] -> the
                              ``clipcrop detect --json`` object (OWL-ViT's detections), plus ``timings``.
     ``GET /health``          liveness; ``GET /ready``: 200 once the model is loaded, 503 before.
     ``GET /v1/info``         the limits and choices the page builds its form from (max top_k,
-                             upload size, query length, formats, aspect presets); open like /ready.
+                             upload size, query length, formats, aspect presets, largest output
+                             side, whether faces work); open like /ready.
     ``GET /``                the web page (``clipcrop/static``); ``/docs`` and ``/openapi.json``.
 
 Errors: :mod:`clipcrop.serve.errors`; the guard that checks the API key and the request size
