@@ -219,6 +219,7 @@ def test_sized_picture_keeps_icc_and_exif(tiny_cc, photo):
         ({"upscale": "perhaps"}, "upscale"),
         ({"size": ["10x10", "20x20"]}, "size: give it at most once"),
         ({"faces": ["true", "false"]}, "faces: give it at most once"),
+        ({"top_k": ["1", "2"]}, "top_k: give it at most once"),
     ],
 )
 def test_bad_fields_are_400_before_the_upload_is_read(tiny_cc, photo, fields, words):
