@@ -45,7 +45,7 @@ from .modeling.model import (
     check_selection,
     resolve_backbone_ref,
 )
-from .modeling.priors import clip_priors, prior_penalties
+from .modeling.priors import clear_of_avoided, clip_priors, keeps_all, prior_penalties
 from .modeling.selection import (
     Selection,
     condition_texts,
@@ -739,17 +739,32 @@ class ClipCrop:
         ``priors`` (pixel boxes) re-rank every candidate by
         :func:`clipcrop.modeling.priors.prior_penalties` (score minus penalty, so a crop that cuts
         a kept region ranks below every crop that holds it); with kept regions, crops around the
-        subject and all of them join the candidates, so that holding them is possible.
+        subject and all of them (and around them alone) join the candidates, so that holding them
+        is possible; when any crop holds them all, crops that cut one are dropped (faces and kept
+        regions are never cut). With avoided regions, crops spread over the image join too, and
+        crops clear of every avoided region (:func:`~clipcrop.modeling.priors.clear_of_avoided`)
+        rank above those that are not, when there are any.
         """
         subject = subject if subject is not None else np.array([0.0, 0.0, 1.0, 1.0])
         boxes, scores = self._with_keep_candidates(boxes, scores, subject, priors, width, height, ratio)
         px = self._final_boxes(boxes, width, height, ratio)
-        crops = self._distinct(px, scores - prior_penalties(px, priors), width, height, top_k, ratio)
+        # kept regions are never cut when some crop can hold them all: the others are dropped
+        strict = bool(keeps_all(px, priors).any()) and any(p.keeps for p in priors)
+        held = keeps_all(px, priors) if strict else np.ones(len(px), dtype=bool)
+        ranked = scores - prior_penalties(px, priors)
+        clear = clear_of_avoided(px, priors)
+        if clear[held].any():  # avoided regions: every crop clear of them ranks above the others
+            ranked = ranked - 2.0 * ~clear
+        crops = self._distinct(px[held], ranked[held], width, height, top_k, ratio)
         if len(crops) < top_k:
             fill = fill_candidates(subject, width, height, ratio)
             floor = min([c.score for c in crops], default=1.0)
             fill_px = self._final_boxes(fill.boxes, width, height, ratio)
             fill_scores = fill.scores * floor * 0.99 - prior_penalties(fill_px, priors)
+            if strict:
+                whole = keeps_all(fill_px, priors)
+                fill_px, fill_scores = fill_px[whole], fill_scores[whole]
+            fill_scores = fill_scores - 2.0 * ~clear_of_avoided(fill_px, priors)
             taken = {c.box for c in crops}
             extra = self._distinct(fill_px, fill_scores, width, height, top_k, ratio, taken)
             crops += extra[: top_k - len(crops)]
@@ -774,14 +789,25 @@ class ClipCrop:
             np.asarray(scores, dtype=np.float64),
         )
         keeps = [p.box for p in priors if p.keeps]
+        floor = float(scores.min()) if len(scores) else 1.0
+        if any(not p.keeps for p in priors):  # crops all over the image: some clear of what to avoid
+            fill = fill_candidates(subject, width, height, ratio)
+            boxes = np.vstack([boxes, fill.boxes])
+            scores = np.concatenate([scores, fill.scores * floor * 0.99])
         if not keeps:
             return boxes, scores
         scale = np.array([width, height, width, height], dtype=np.float64)
-        both = np.vstack([subject[None] * scale, np.array(keeps)])
-        union = np.concatenate([both[:, :2].min(0), both[:, 2:].max(0)]) / scale
-        extra = rank_candidates(union, np.zeros((0, 4)), width, height, ratio)
-        floor = float(scores.min()) if len(scores) else 1.0
-        return np.vstack([boxes, extra.boxes]), np.concatenate([scores, extra.scores * floor * 0.99])
+        # around the subject with every kept region, and around the kept regions alone (for when
+        # the first does not fit the ratio)
+        for group in (np.vstack([subject[None] * scale, np.array(keeps)]), np.array(keeps)):
+            union = np.concatenate([group[:, :2].min(0), group[:, 2:].max(0)]) / scale
+            extra = rank_candidates(union, np.zeros((0, 4)), width, height, ratio)
+            boxes, scores = (
+                np.vstack([boxes, extra.boxes]),
+                np.concatenate([scores, extra.scores * floor * 0.99]),
+            )
+            floor *= 0.99
+        return boxes, scores
 
     def _final_boxes(self, boxes: np.ndarray, width: int, height: int, ratio: float | None) -> np.ndarray:
         """(C, 4) normalised xyxy -> pixel boxes in the ratio and at least the minimum size."""

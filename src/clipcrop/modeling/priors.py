@@ -71,3 +71,14 @@ def keeps_all(crops: np.ndarray, priors: Sequence[Prior]) -> np.ndarray:
         if p.keeps:
             ok &= share_inside(crops, p) >= WHOLE
     return ok
+
+
+def clear_of_avoided(crops: np.ndarray, priors: Sequence[Prior]) -> np.ndarray:
+    """(C,) bool: each (C, 4) pixel xyxy crop touches no avoided region (at most :data:`TOUCH`
+    of its area inside); all True without avoided regions."""
+    crops = np.asarray(crops, dtype=np.float64).reshape(-1, 4)
+    ok = np.ones(len(crops), dtype=bool)
+    for p in priors:
+        if not p.keeps:
+            ok &= share_inside(crops, p) <= TOUCH
+    return ok
