@@ -12,6 +12,10 @@ The rule (documented in the README):
 4. Images whose names would still meet (``x.jpg`` beside ``x.png``; compared ignoring case, for
    file systems that do) keep their extension: ``OUT/x.jpg_crop1.jpg``, ``OUT/x.png_crop1.jpg``.
 5. Anything still meeting after that gets ``~2``, ``~3``, ... in input order.
+6. With several aspect ratios in one call, the ratio goes before the rank, joined by a dash:
+   ``OUT/x_4x5-crop1.jpg`` (``W:H`` written ``WxH``; a free crop ``free``). A one-ratio name ends
+   in ``_crop<k>`` and a several-ratio name in ``-crop<k>``, so the two never meet, whatever the
+   images are called (``x_4x5_crop1`` would be the one-ratio name of an image ``x_4x5``).
 
 Paths are compared after ``os.path.abspath`` (lexically: symbolic links are not followed), so an
 output is always inside the output folder. Pure path arithmetic: nothing here touches the disk.
@@ -72,9 +76,44 @@ def output_stems(images: Sequence[str], anchors: Sequence[str | None]) -> list[P
     return out
 
 
-def crop_path(out_dir: str | os.PathLike, stem: PurePath, k: int, ext: str = "jpg") -> Path:
-    """``OUT/<stem>_crop<k>.<ext>`` (k counts from 1, best first)."""
+def aspect_tag(aspect: str | None) -> str:
+    """The file-name form of a ratio label: ``"4:5"`` -> ``"4x5"``, None (free) -> ``"free"``."""
+    return "free" if aspect is None else str(aspect).replace(":", "x").replace("/", "x")
+
+
+def crop_path(
+    out_dir: str | os.PathLike, stem: PurePath, k: int, ext: str = "jpg", *, aspect: str | None = None,
+    several: bool = False,
+) -> Path:  # fmt: skip
+    """``OUT/<stem>_crop<k>.<ext>`` (k counts from 1, best first); with ``several`` ratios in the
+    call, ``OUT/<stem>_<WxH>-crop<k>.<ext>`` for the crop made for ``aspect`` (rule 6)."""
+    if several:
+        return Path(out_dir) / stem.with_name(f"{stem.name}_{aspect_tag(aspect)}-crop{k}.{ext}")
     return Path(out_dir) / stem.with_name(f"{stem.name}_crop{k}.{ext}")
+
+
+def crop_paths(
+    out_dir: str | os.PathLike, stem: PurePath, crop_aspects: Sequence[str | None], several: bool
+) -> list[Path]:
+    """The picture of each crop of one result, in its order: ``crop_aspects`` holds each crop's
+    ratio label; ranks count from 1 within each ratio (crops come grouped, best first)."""
+    seen: Counter = Counter()
+    out = []
+    for aspect in crop_aspects:
+        seen[aspect] += 1
+        out.append(crop_path(out_dir, stem, seen[aspect], aspect=aspect, several=several))
+    return out
+
+
+def planned_crop_paths(
+    out_dir: str | os.PathLike, stem: PurePath, aspects: Sequence[str | None], top_k: int
+) -> list[Path]:
+    """Every picture a call could write: ``top_k`` per ratio label in ``aspects`` (checked for
+    existing files before any work)."""
+    several = len(aspects) > 1
+    return [
+        crop_path(out_dir, stem, k, aspect=a, several=several) for a in aspects for k in range(1, top_k + 1)
+    ]
 
 
 def overlay_path(out_dir: str | os.PathLike, stem: PurePath, ext: str = "jpg") -> Path:
@@ -82,4 +121,4 @@ def overlay_path(out_dir: str | os.PathLike, stem: PurePath, ext: str = "jpg") -
     return Path(out_dir) / stem.with_name(f"{stem.name}_overlay.{ext}")
 
 
-__all__ = ["crop_path", "output_stems", "overlay_path"]
+__all__ = ["aspect_tag", "crop_path", "crop_paths", "output_stems", "overlay_path", "planned_crop_paths"]
