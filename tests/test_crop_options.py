@@ -29,6 +29,10 @@ def test_aspects_sizes_and_their_contradictions():
         {"keep": ["1,2,3"]},
         {"avoid_box": ["5,5,1,1"]},
         {"avoid": ["  "]},
+        {"avoid": ["a\x00b"]},
+        {"avoid": ["x" * 600]},
+        {"avoid": [f"thing {i}" for i in range(9)]},
+        {"keep": ["1,2,30,40"] * 33},
     ):
         with pytest.raises(ParameterError):
             CropOptions.build(**bad)

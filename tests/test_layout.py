@@ -23,7 +23,7 @@ ALLOWED = {
     "limits": {"errors"},
     "validation": {"errors", "limits"},
     "model_source": {"errors", "limits"},
-    "crop_options": {"errors", "ops"},  # torch-free: ops.aspect only
+    "crop_options": {"errors", "limits", "validation", "ops"},  # torch-free: ops.aspect only
     "ops": {"errors"},
     "io": BASE | {"ops"},
     "modeling": LOW,

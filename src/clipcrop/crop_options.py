@@ -16,12 +16,17 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .errors import ParameterError
+from .errors import ParameterError, QueryError
+from .limits import DEFAULT_LIMITS
 from .ops.aspect import parse_aspect
+from .validation import validate_query
 
 PRIOR_KINDS = ("keep", "avoid", "face")
 #: the largest output side ``size`` accepts (a 16k picture is already far past any display)
 MAX_OUTPUT_SIDE = 16384
+#: most keep/avoid boxes and avoid texts one request may carry (each text costs a text-encoder pass)
+MAX_PRIORS = 32
+MAX_AVOID_TEXTS = 8
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,17 @@ def _label(item: object, ratio: float | None) -> str | None:
     return f"{ratio:g}:1"
 
 
+def _avoid_text(text: object) -> str:
+    """An avoid text under the query's rules, its error naming it as what it is."""
+    if not str(text).strip():
+        raise ParameterError("an avoid text must not be empty")
+    try:
+        checked = validate_query(str(text), DEFAULT_LIMITS)
+    except QueryError as exc:
+        raise ParameterError(f"avoid text: {exc}") from None
+    return checked or ""
+
+
 @dataclass(frozen=True)
 class CropOptions:
     """A crop request's options (see the module docstring); build with :meth:`build`.
@@ -188,10 +204,13 @@ class CropOptions:
                 raise ParameterError(f"size {wh[0]}x{wh[1]} does not have the aspect ratio {label}")
         priors = tuple(p if isinstance(p, Prior) else parse_box(p, "keep") for p in keep)
         priors += tuple(p if isinstance(p, Prior) else parse_box(p, "avoid") for p in avoid_box)
+        if len(priors) > MAX_PRIORS:
+            raise ParameterError(f"at most {MAX_PRIORS} keep and avoid boxes, got {len(priors)}")
         texts = (avoid,) if isinstance(avoid, str) else tuple(avoid or ())
-        texts = tuple(" ".join(str(t).split()) for t in texts)
-        if any(not t for t in texts):
-            raise ParameterError("an avoid text must not be empty")
+        if len(texts) > MAX_AVOID_TEXTS:
+            raise ParameterError(f"at most {MAX_AVOID_TEXTS} avoid texts, got {len(texts)}")
+        # the query's own rules: whitespace collapsed, no control characters, the length limit
+        texts = tuple(_avoid_text(t) for t in texts)
         return cls(int(top_k), aspects, wh, bool(upscale), priors, texts, bool(faces))
 
     @property
