@@ -187,7 +187,7 @@ def test_local_model_folders_are_checked_from_config_json(tmp_path):
         ),
         (
             ["finetune-backbone", "--data", "{d}/m.jsonl", "--out", "{d}/o", "--max-steps", "-1"],
-            "max_steps must be a positive",
+            "--max-steps must be a positive",  # the library's max_steps, in the command's words
         ),
     ],
 )

@@ -196,7 +196,7 @@ def test_captions_required_unless_base(gaic, tiny_backbone_dir, tmp_path):
     cfg = config(fx, tiny_backbone_dir, tmp_path / "ck", max_steps=2)
     with pytest.raises(DatasetError, match="coffee.jpg"):
         train(cfg)
-    with pytest.raises(ParameterError, match="text-annotations"):
+    with pytest.raises(ParameterError, match="text_annotations"):
         train(config(fx, tiny_backbone_dir, tmp_path / "ck", max_steps=2, text_annotations=None))
 
     out = tmp_path / "base"
@@ -208,7 +208,7 @@ def test_captions_required_unless_base(gaic, tiny_backbone_dir, tmp_path):
     assert all(r["unconditioned"] == 1.0 and r["mosaic"] == 0.0 and r["text_drop"] == 0.0 for r in steps)
 
     # an existing checkpoint is never clobbered by accident
-    with pytest.raises(ParameterError, match="--resume"):
+    with pytest.raises(ParameterError, match="resume=True"):
         train(config(fx, tiny_backbone_dir, out, max_steps=2, variant="base"))
     again = train(config(gaic, tiny_backbone_dir, out, max_steps=1, variant="key", overwrite=True))
     assert again.step == 1
@@ -242,7 +242,7 @@ def test_finetuned_backbone_is_saved_in_the_checkpoint(gaic, tiny_backbone_dir, 
 
     # resuming continues the fine-tuning (and only that)
     common = dict(max_steps=3, mosaic=False, max_samples=4, resume=True)
-    with pytest.raises(ParameterError, match="finetune-backbone-lr"):
+    with pytest.raises(ParameterError, match="was trained with backbone fine-tuning; resume it with finetune_backbone_lr"):
         train(config(gaic, tiny_backbone_dir, out, **common))
     assert train(config(gaic, tiny_backbone_dir, out, finetune_backbone_lr=1e-3, **common)).step == 3
     assert not torch.equal(load_file(out / "backbone" / "model.safetensors")[key], tuned[key])

@@ -123,3 +123,47 @@ def test_progress_lines_give_the_eta(monkeypatch):
         "clipcrop: step 150/300 (50%), loss 0.2500, 2.04 s/step, ETA 5 min",
     ]
     assert train.eta_text(44) == "44 s" and train.eta_text(3 * 3600 + 8 * 60) == "3 h 08 min"
+
+
+def test_library_messages_name_settings_and_the_cli_names_flags(tmp_path, capsys):
+    """The library speaks of its parameters; train and finetune-backbone reword them as flags."""
+    from clipcrop.cli.main import main
+    from clipcrop.cli.run_flags import flag_spelling
+    from clipcrop.errors import ParameterError
+    from clipcrop.training.config import TrainConfig
+
+    with pytest.raises(ParameterError, match=r"\(text_annotations\), or use variant='base'"):
+        TrainConfig(gaic_root=str(tmp_path)).validate()
+    args = subparser("train").parse_args(["--gaic-root", "g", "--out", "o"])
+    assert (
+        flag_spelling("batch_size must be at least 1, got 0", args)
+        == "--batch-size must be at least 1, got 0"
+    )
+    assert flag_spelling("lr_schedule 'x' is not one of", args) == "--lr-schedule 'x' is not one of"
+    assert (
+        flag_spelling("lr already holds a checkpoint; set resume=True", args)
+        == "lr already holds a checkpoint; set --resume"
+    )
+    assert flag_spelling("mixed_precision 'x' is not one of", args) == "--precision 'x' is not one of"
+
+    root = tmp_path / "g"
+    (root / "images" / "train").mkdir(parents=True)
+    base = ["train", "--gaic-root", str(root), "--variant", "base", "--out", str(tmp_path / "o")]
+    assert main([*base, "--keep-checkpoints", "0"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "clipcrop: error: --keep-checkpoints must be a positive whole number, got 0"
+    )
+    assert main(["train", "--gaic-root", str(root), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "clipcrop: error: --variant 'full' trains on captions: pass the text annotations folder "
+        "(--text-annotations DIR), or use --variant base"
+    )
+    out = tmp_path / "ck"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    assert main(["train", "--gaic-root", str(root), "--variant", "base", "--out", str(out), "--cpu"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"clipcrop: error: {out} already holds a checkpoint; set --resume to continue it, "
+        "--overwrite to replace it, or another --out"
+    )

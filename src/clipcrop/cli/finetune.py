@@ -17,6 +17,7 @@ from .run_flags import (
     add_flags,
     add_schedule_flags,
     check_device_flag,
+    in_flag_words,
     run_settings,
     summary,
 )
@@ -86,14 +87,16 @@ def build_config(args: argparse.Namespace):
         weight_focal=args.weight_focal,
         **run_settings(args),
     )
-    return validated(config)  # a bad setting is a usage error (exit 2), found before anything loads
+    with in_flag_words(args):
+        return validated(config)  # a bad setting is a usage error (exit 2), found before anything loads
 
 
 def run(args: argparse.Namespace) -> int:
     config = build_config(args)  # setting errors before any data or model loads
     from ..training.finetune import finetune_backbone
 
-    result = finetune_backbone(config)
+    with in_flag_words(args):
+        result = finetune_backbone(config)
     print(summary("fine-tuned", result, ("loss", "loss_focal", "loss_l1", "loss_giou")), file=sys.stderr)
     print(result.out_dir)
     return 0

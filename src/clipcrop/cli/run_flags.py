@@ -6,14 +6,21 @@ and both configs name those settings alike. Defining them once keeps the two com
 defaults and help from drifting apart; where a default or help text differs between the commands
 it is a parameter, and each command still decides where in its ``--help`` a block goes.
 
-Like every ``cli_*`` module this imports neither torch nor the model, so ``--help`` stays fast.
+The training library's messages name its settings (``resume=True``, ``text_annotations``); these
+commands reword them into flags (:func:`in_flag_words`). Like every ``cli_*`` module this imports
+neither torch nor the model, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
+
+from ..errors import ClipCropError
 
 #: flags whose definition is the same in both commands (added by :func:`add_flags`)
 _SHARED: dict[str, dict[str, Any]] = {
@@ -25,6 +32,19 @@ _SHARED: dict[str, dict[str, Any]] = {
         "help": "no progress (default: a bar with ETA on a terminal, else a line every 1%% of the run)",
     },
 }
+#: how the training library's messages name a setting -> how these commands spell it
+LIBRARY_SPELLINGS = {
+    "resume=True": "--resume",
+    "overwrite=True": "--overwrite",
+    "another out_dir": "another --out",
+    "without resume first": "without --resume first",
+    "(text_annotations)": "(--text-annotations DIR)",
+    "variant='base'": "--variant base",
+    "with finetune_backbone_lr": "with --finetune-backbone-lr",
+    "without finetune_backbone_lr": "without --finetune-backbone-lr",
+}
+#: config fields whose flag is not ``--`` + the name with dashes
+FIELD_FLAGS = {"out_dir": "--out", "mixed_precision": "--precision"}
 #: ``--device`` values besides ``cuda:N`` (:func:`clipcrop.training.sizing.check_device` is the rule)
 DEVICES = ("auto", "cpu", "cuda")
 #: ``--report-to`` values (:data:`clipcrop.training.reporting.REPORT_TO`; a test keeps them equal)
@@ -141,6 +161,31 @@ def check_device_flag(value: str) -> None:
     index = value[5:] if value.startswith("cuda:") else ""
     if value not in DEVICES and not index.isdigit():
         raise UsageError(f"--device takes auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def flag_spelling(message: str, args: argparse.Namespace) -> str:
+    """A library message in the command's words: the phrases of :data:`LIBRARY_SPELLINGS`, and a
+    leading setting name (``batch_size must be ...``, ``variant 'x' is not ...``) as its flag when
+    the command has one (a leading path, ``ckpt already holds ...``, stays)."""
+    for words, flag in LIBRARY_SPELLINGS.items():
+        message = message.replace(words, flag)
+    first = re.match(r"[a-z][a-z0-9_]*(?= must | '| \")", message)
+    if first is not None:
+        name = first.group(0)
+        flag = FIELD_FLAGS.get(name) or (f"--{name.replace('_', '-')}" if hasattr(args, name) else None)
+        if flag is not None:
+            message = flag + message[len(name) :]
+    return message
+
+
+@contextmanager
+def in_flag_words(args: argparse.Namespace) -> Iterator[None]:
+    """Errors raised inside speak of flags (:func:`flag_spelling`), not of config fields."""
+    try:
+        yield
+    except ClipCropError as exc:
+        exc.args = (flag_spelling(str(exc), args), *exc.args[1:])
+        raise
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from .run_flags import (
     add_flags,
     add_schedule_flags,
     check_device_flag,
+    in_flag_words,
     run_settings,
     summary,
 )
@@ -262,7 +263,8 @@ def build_config(args: argparse.Namespace):
         **given,
         **run_settings(args),
     )
-    return validated(config)  # a bad setting is a usage error (exit 2), found before anything loads
+    with in_flag_words(args):
+        return validated(config)  # a bad setting is a usage error (exit 2), found before anything loads
 
 
 def _dest(flag: str) -> str:
@@ -278,13 +280,16 @@ def run(args: argparse.Namespace) -> int:
     from ..training.trainer import Trainer
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # accelerate launch / torchrun: one report
-    if args.dry_run:
-        report = Trainer(config).dry_run(DRY_RUN_STEPS)
-        if main_process:
-            print("\n".join(report.lines()))
-        return 0
-    lines = ProgressLines(sys.stderr) if main_process and not args.quiet and not sys.stderr.isatty() else None
-    result = Trainer(config, on_step=lines).run()
+    with in_flag_words(args):
+        if args.dry_run:
+            report = Trainer(config).dry_run(DRY_RUN_STEPS)
+            if main_process:
+                print("\n".join(report.lines()))
+            return 0
+        lines = (
+            ProgressLines(sys.stderr) if main_process and not args.quiet and not sys.stderr.isatty() else None
+        )
+        result = Trainer(config, on_step=lines).run()
     if not main_process:
         return 0
     print(f"{summary('trained', result, ('loss',))}; checkpoint {result.out_dir}", file=sys.stderr)

@@ -72,7 +72,7 @@ class RunFiles:
         log_file: the JSON-lines log.
         state_format: the ``format`` value of the state, so one kind never resumes the other's.
         kind: the run in messages ("not a ClipCrop <kind> state").
-        rerun: the verb of the hint after a failed resume ("<rerun> without --resume first").
+        rerun: the verb of the hint after a failed resume ("<rerun> without resume first").
     """
 
     state_file: str
@@ -111,7 +111,7 @@ def prepare_out_dir(
         state_file = out_dir / files.state_file
         if not state_file.is_file():
             raise ParameterError(
-                f"cannot resume: {state_file} not found ({files.rerun} without --resume first)"
+                f"cannot resume: {state_file} not found ({files.rerun} without resume first)"
             )
         state = load_state(state_file)
         if state.get("format") != files.state_format:
@@ -119,8 +119,8 @@ def prepare_out_dir(
         return state
     if holds_checkpoint(out_dir, files.state_file) and not overwrite:
         raise ParameterError(
-            f"{out_dir} already holds a checkpoint; pass --resume to continue it, "
-            "--overwrite to replace it, or another --out"
+            f"{out_dir} already holds a checkpoint; set resume=True to continue it, "
+            "overwrite=True to replace it, or another out_dir"
         )
     return None
 

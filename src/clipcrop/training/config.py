@@ -145,7 +145,7 @@ class TrainConfig:
         if self.variant != "base" and not self.text_annotations and self.gaic_root is not None:
             raise ParameterError(
                 f"variant {self.variant!r} trains on captions: pass the text annotations folder "
-                "(--text-annotations DIR), or use --variant base"
+                "(text_annotations), or use variant='base'"
             )
         runloop.check_run_length(self)
         if not self.lr > 0 or (self.finetune_backbone_lr is not None and not self.finetune_backbone_lr > 0):

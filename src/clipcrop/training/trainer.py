@@ -116,7 +116,7 @@ class Trainer:
                 shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
                 raise DatasetError(
                     f"{len(missing)} training images have no caption ({shown}); the {cfg.variant!r} "
-                    "variant needs one per image (or train --variant base)"
+                    "variant needs one per image (or variant='base')"
                 )
         empty = sum(1 for s in samples if len(s.mos) == 0)
         if empty:
@@ -247,8 +247,9 @@ class Trainer:
         acc, optimizer = self.accelerator, self._optimizer
         if len(state["optimizer"]["param_groups"]) != len(optimizer.param_groups):
             raise ParameterError(
+                # the checkpoint did what this run does not: resume it the way it was trained
                 f"{self.out_dir} was trained with{'out' if self.finetune else ''} backbone fine-tuning; "
-                f"resume it with{'' if self.finetune else 'out'} --finetune-backbone-lr"
+                f"resume it with{'out' if self.finetune else ''} finetune_backbone_lr"
             )
         restore_optimizer(optimizer, self._scheduler, state, LRSchedule.for_config(self.config, total))
         if state.get("scaler") is not None and acc.scaler is not None:
