@@ -17,12 +17,22 @@ Box formats: GAIC crops enter as pixels (:class:`~clipcrop.data.datasets.GaicSam
 xyxy in the (mosaic) image for mosaics and selection, and cxcywh normalised in the criterion's
 targets, which is what the decoder emits.
 
-Runs on CPU, one GPU or several through HF Accelerate (``accelerate launch -m clipcrop.cli train``).
-Output folder (``out_dir``): the latest checkpoint in ClipCrop's format (``config.json``,
-``model.safetensors``, optionally ``backbone/``), ``training_state.pt`` (optimizer, LR schedule,
-step, RNG states) and ``train_log.jsonl``. Each save writes a complete new folder beside it and
-swaps it in with renames, so an interrupted save never leaves a half-written checkpoint. That
-plumbing (folder checks, saving, logging, the loop around the steps) is shared with backbone
+Runs on CPU, one GPU or several through HF Accelerate (``accelerate launch -m clipcrop.cli train``
+or ``torchrun``; the device and precision: :mod:`clipcrop.training.sizing`, which also sizes a run
+without writing anything, :meth:`Trainer.dry_run`). Output folder (``out_dir``):
+
+* the latest checkpoint in ClipCrop's format (``config.json``, ``model.safetensors``, optionally
+  ``backbone/``), ``checkpoint.json`` (its step) and ``training_state.pt`` (optimizer, LR
+  schedule, step, RNG states), saved every ``save_every`` steps and at each epoch's end; the ones
+  before it in ``checkpoints/step-N/`` (``keep_checkpoints``). Each save writes a complete new
+  folder beside it and swaps it in with renames, so an interrupted save never leaves a
+  half-written checkpoint, and a full disk stops the run naming the intact one
+  (:mod:`clipcrop.training.checkpoints`);
+* ``best/``: the best checkpoint by the validation at each epoch's end
+  (:mod:`clipcrop.training.validation`);
+* ``train_log.jsonl`` and ``tensorboard/`` (:mod:`clipcrop.training.reporting`).
+
+The plumbing (folder checks, saving, logging, the loop around the steps) is shared with backbone
 fine-tuning in :mod:`clipcrop.training.runloop`.
 """
 
