@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from ..settings import ModelSettings
-from .crop import add_metadata_arguments, add_model_arguments
+from .crop import add_crop_option_arguments, add_metadata_arguments, add_model_arguments, crop_options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "input",
         metavar="INPUT",
         help='folder (recursive) or JSONL manifest of {"image": PATH, "query": TEXT} or '
-        '{"image": PATH, "image_query": PATH}, each optionally with "top_k": N and "aspect": "W:H"; '
-        "manifest paths are relative to its folder",
+        '{"image": PATH, "image_query": PATH}, each optionally with "top_k": N, "aspect": "W:H" '
+        '(several: "1:1,4:5" or a list) and "size", "upscale", "keep", "avoid_box", "avoid", "faces" '
+        "(as the flags; they replace the job's); manifest paths are relative to its folder",
     )
     p.add_argument(
         "--out", "-o", required=True, metavar="RESULTS.jsonl", help="results file, appended to and resumed"
@@ -41,13 +42,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="reference image for every input that has no condition of its own",
     )
     p.add_argument(
-        "--top-k", "-k", type=int, default=5, metavar="N", help="crops per input that sets none (default 5)"
+        "--top-k",
+        "-k",
+        type=int,
+        default=5,
+        metavar="N",
+        help="crops per ratio of every input that sets none (default 5)",
     )
-    p.add_argument("--aspect", metavar="W:H", help="aspect ratio of the crops of every input that sets none")
+    add_crop_option_arguments(p, every=" of every input that sets none")
     p.add_argument(
         "--crops-out",
         metavar="DIR",
-        help="also write each input's crops as DIR/<path>_crop<k>.jpg (as crop --out; listed in crop_files)",
+        help="also write each input's crops as DIR/<path>_crop<k>.jpg (as crop --out, at exactly "
+        "--size when set; listed in crop_files)",
     )
     p.add_argument(
         "--overwrite",
@@ -83,6 +90,7 @@ def check(args: argparse.Namespace) -> None:
 
     from ..errors import ParameterError
 
+    args._options = crop_options(args)  # the job's own options, checked as crop checks them
     if args.num_workers is not None and args.num_workers < 1:
         raise ParameterError(f"--num-workers must be at least 1, got {args.num_workers}")
     if Path(args.out).is_dir():
@@ -106,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
         image_query=args.image_query,
         top_k=args.top_k,
         aspect_ratio=args.aspect,
+        size=args.size,
+        upscale=args.upscale,
+        keep=list(args.keep),
+        avoid_box=list(args.avoid_box),
+        avoid=list(args.avoid),
+        faces=args.faces,
         crops_out=args.crops_out,
         overwrite=args.overwrite,
         strip_metadata=args.strip_metadata,

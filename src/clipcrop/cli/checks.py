@@ -13,7 +13,7 @@ the others do:
   (``backbone``: an OWL-ViT/OWLv2 one; next to ``model``, only for a trained checkpoint);
 * ``top_k``: 1 .. the model's number of crops (read from that ``config.json``, see
   :mod:`clipcrop.model_source`), capped by ``CLIPCROP_MAX_TOP_K``, the same limit and message as
-  after loading; ``aspect``: a valid ``W:H``; ``query``: a valid text query;
+  after loading; ``aspect``: valid ``W:H`` ratios (commas between several); ``query``: a valid text query;
 * ``images``: every file, folder or glob must exist or match; ``image_query``, ``input``,
   ``root``, ``annotations``, ``gaic_root``, ``text_annotations``, ``data``: must exist;
 * counts (``batch_size``, ``workers``, ``limit``) at least 1, ``port`` in
@@ -177,15 +177,15 @@ def _on_cluster_only(args: argparse.Namespace, name: str) -> bool:
 
 
 def _check_condition(args: argparse.Namespace, limits: Limits, config: dict | None) -> None:
+    from ..crop_options import parse_aspects
     from ..model_source import max_top_k
-    from ..ops.aspect import parse_aspect
     from ..validation import validate_query, validate_query_pair, validate_top_k
 
     validate_query_pair(getattr(args, "query", None), getattr(args, "image_query", None))
     validate_query(getattr(args, "query", None), limits)
     if getattr(args, "top_k", None) is not None:
         validate_top_k(args.top_k, max_top_k(config, limits))
-    parse_aspect(getattr(args, "aspect", None))
+    parse_aspects(getattr(args, "aspect", None))  # one ratio or several (W:H,W:H)
 
 
 def _expand_images(images: list[str]) -> list:

@@ -24,19 +24,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--query", "-q", help="what the crop should show, in words")
     cond.add_argument("--image-query", metavar="PATH", help="a reference image of what the crop should show")
-    p.add_argument("--top-k", "-k", type=int, default=5, metavar="N", help="crops per image (default 5)")
-    p.add_argument("--aspect", metavar="W:H", help="exact aspect ratio of every crop, e.g. 1:1, 16:9")
+    p.add_argument(
+        "--top-k", "-k", type=int, default=5, metavar="N", help="crops per image and ratio (default 5)"
+    )
+    add_crop_option_arguments(p)
     add_model_arguments(p)
     p.add_argument(
         "--out",
         metavar="DIR",
         help="write each crop as DIR/<path>_crop<k>.jpg (<path>: the image's path below the folder "
-        "given, without extension; names never collide)",
+        "given, without extension; with several --aspect ratios DIR/<path>_<W>x<H>-crop<k>.jpg; "
+        "names never collide); at exactly --size when given",
     )
     p.add_argument(
         "--overlay",
         action="store_true",
-        help="also write DIR/<path>_overlay.jpg with the ranked boxes (needs --out)",
+        help="also write DIR/<path>_overlay.jpg with the ranked boxes and, dashed, the priors (needs --out)",
     )
     p.add_argument(
         "--overwrite",
@@ -50,6 +53,82 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--profile", action="store_true", help="print a per-stage time breakdown on stderr")
+
+
+def add_crop_option_arguments(p: argparse.ArgumentParser, *, every: str = "") -> None:
+    """The flags of :class:`~clipcrop.crop_options.CropOptions` (shared with ``batch``, whose
+    manifest lines may set each for themselves; ``every`` words that in the help)."""
+    p.add_argument(
+        "--aspect",
+        metavar="W:H[,W:H...]",
+        help=f"exact aspect ratio of every crop{every}, e.g. 1:1 or 16:9; several (1:1,4:5,16:9): "
+        "top-k crops for each, grouped in that order, the image encoded once",
+    )
+    p.add_argument(
+        "--size",
+        metavar="WxH",
+        help="write crops at exactly this many pixels (e.g. 1080x1350; the ratio follows unless "
+        "--aspect is given), never enlarged unless --upscale",
+    )
+    p.add_argument(
+        "--upscale", action="store_true", help="let --size enlarge a crop smaller than it (default: never)"
+    )
+    p.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="x0,y0,x1,y1[,w]",
+        help="a region (pixels of the upright image) crops should hold whole, weight w (default 1); repeatable",
+    )
+    p.add_argument(
+        "--avoid-box",
+        action="append",
+        default=[],
+        metavar="x0,y0,x1,y1[,w]",
+        help="a region crops should leave out, weight w (default 1); repeatable",
+    )
+    p.add_argument(
+        "--avoid",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="leave out what OWL-ViT finds for TEXT (e.g. 'a watermark'); repeatable",
+    )
+    p.add_argument(
+        "--faces",
+        action="store_true",
+        help="keep the faces OpenCV's detector finds whole (needs clipcrop[faces])",
+    )
+
+
+def crop_options(args: argparse.Namespace):
+    """The crop option flags as :class:`~clipcrop.crop_options.CropOptions` (its ``build`` is the
+    one place they are checked; torch-free). ``--faces`` without OpenCV is refused here too, so
+    that the error comes before the model loads.
+
+    Raises:
+        ParameterError: a bad value (the CLI's usage error).
+    """
+    import importlib.util
+
+    from ..crop_options import CropOptions
+    from ..errors import ParameterError
+
+    options = CropOptions.build(
+        top_k=args.top_k,
+        aspect_ratio=args.aspect,
+        size=args.size,
+        upscale=args.upscale,
+        keep=args.keep or (),
+        avoid_box=args.avoid_box or (),
+        avoid=args.avoid or (),
+        faces=args.faces,
+    )
+    if options.faces and importlib.util.find_spec("cv2") is None:
+        raise ParameterError(
+            "--faces needs OpenCV's face detector: pip install 'clipcrop[faces]' (opencv-python-headless<5)"
+        )
+    return options
 
 
 def add_metadata_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,13 +146,15 @@ def add_metadata_arguments(p: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace) -> None:
     """crop's own checks, run by :func:`clipcrop.cli.checks.check_arguments` before anything heavy.
 
+    The crop options become one :class:`~clipcrop.crop_options.CropOptions` (``args._options``).
     ``--overlay`` and the strip switches need ``--out`` (nothing is written into the current
-    folder unasked); the output names are planned (``args._stems``) and, unless ``--overwrite``,
-    a picture that exists already is refused now rather than after the model has run.
+    folder unasked; ``--size`` alone still gives each crop's ``output_size`` in the JSON); the output names are planned (``args._stems``) and, unless
+    ``--overwrite``, a picture that exists already is refused now rather than after the model has run.
     """
     from ..errors import ParameterError
 
     args._stems = {}
+    args._options = crop_options(args)
     if not args.out:
         for flag, given in (
             ("--overlay", args.overlay),
@@ -87,14 +168,15 @@ def check(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise ParameterError(f"--out {args.out}: is a file; give the folder to write pictures to")
     from ..io.inputs import expand_inputs
-    from ..io.output_names import crop_path, output_stems, overlay_path
+    from ..io.output_names import output_stems, overlay_path, planned_crop_paths
 
     items = [it for it in (getattr(args, "_inputs", None) or expand_inputs(args.images)) if it.error is None]
     stems = output_stems([it.path for it in items], [it.folder for it in items])
     args._stems = {it.path: stem for it, stem in zip(items, stems, strict=True)}
     if args.overwrite:
         return
-    targets = [crop_path(out, stem, k) for stem in stems for k in range(1, args.top_k + 1)]
+    labels = [label for label, _ in args._options.aspects]
+    targets = [p for stem in stems for p in planned_crop_paths(out, stem, labels, args.top_k)]
     targets += [overlay_path(out, stem) for stem in stems] if args.overlay else []
     _refuse_existing(targets)
 
@@ -223,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             try:
                 for encoded in cc.encode_batch(loaded):
-                    result = cc.crop_encoded(encoded, condition, top_k=args.top_k, aspect_ratio=args.aspect)
+                    result = cc.crop_encoded(encoded, condition, options=args._options)
                     for k, v in result.timings.items():
                         if k not in condition.timings:
                             stage_totals[k] = stage_totals.get(k, 0.0) + v
@@ -306,10 +388,20 @@ def _emit(args, result) -> None:
         else (f"image query {result.image_query}" if result.image_query else "no condition")
     )
     print(f"{result.image}  {result.width}x{result.height}  {cond}  [{result.mode}]")
-    for rank, crop in enumerate(result, start=1):
+    for prior in result.priors:
+        print(f"  {prior.kind:<6} {','.join(f'{v:.0f}' for v in prior.box)}  weight {prior.weight:g}")
+    for name, crop in zip(crop_names(result), result, strict=True):
         x0, y0, x1, y1 = crop.box
-        print(f"  {rank:>2}  score {crop.score:.3f}  box {x0},{y0},{x1},{y1}  ({x1 - x0}x{y1 - y0})")
+        size = f"  -> {crop.output_size[0]}x{crop.output_size[1]}" if crop.output_size else ""
+        print(f"  {name:>2}  score {crop.score:.3f}  box {x0},{y0},{x1},{y1}  ({x1 - x0}x{y1 - y0}){size}")
     sys.stdout.flush()
+
+
+def crop_names(result) -> list[str]:
+    """Each crop's name in tables and overlays: its rank, or ``"4:5 #1"`` with several ratios."""
+    from ..io.render import crop_names as names
+
+    return names([c.aspect for c in result], several=len(result.aspects) > 1)
 
 
 def _emit_error(args, image: str, message: str, condition) -> None:
@@ -324,19 +416,31 @@ def _emit_error(args, image: str, message: str, condition) -> None:
 
 
 def _write_pictures(result, stem, args, limits) -> None:
-    """Crops at full resolution (decoded again without reduction) and the overlay, with the
+    """Crops at full resolution (decoded again without reduction), resized to their
+    ``output_size`` when ``--size`` was given (Lanczos), and the overlay with the priors, with the
     source's ICC profile and EXIF (orientation 1) unless stripped; never replacing a file unless
     ``--overwrite`` (a file that appeared since the check is this image's error)."""
     from ..io.images import load_image
-    from ..io.output_names import crop_path, overlay_path
-    from ..io.render import cut, draw_overlay, metadata_for, save_atomic
+    from ..io.output_names import crop_paths, overlay_path
+    from ..io.render import at_output_size, cut, draw_overlay, metadata_for, save_atomic
 
     full = load_image(result.image, limits, reduce=False)
     size = (result.width, result.height)
     flags = {"strip_metadata": args.strip_metadata, "strip_icc": args.strip_icc}
-    pictures = [(cut(full.image, c.box, size), crop_path(args.out, stem, k)) for k, c in enumerate(result, 1)]
+    paths = crop_paths(args.out, stem, [c.aspect for c in result], several=len(result.aspects) > 1)
+    pictures = [
+        (at_output_size(cut(full.image, c.box, size), c.output_size), path)
+        for c, path in zip(result, paths, strict=True)
+    ]
     if args.overlay:
-        overlay = draw_overlay(full.image, [c.box for c in result], size, [c.score for c in result])
+        overlay = draw_overlay(
+            full.image,
+            [c.box for c in result],
+            size,
+            [c.score for c in result],
+            names=crop_names(result),
+            priors=result.priors,
+        )
         pictures.append((overlay, overlay_path(args.out, stem)))
     for picture, path in pictures:
         meta = metadata_for(full, picture.size, **flags)

@@ -59,6 +59,17 @@ def at_output_size(picture: Image.Image, output_size: Sequence[int] | None) -> I
     return picture.resize(size, Image.Resampling.LANCZOS)
 
 
+def crop_names(aspects: Sequence[str | None], several: bool) -> list[str]:
+    """The name of each crop in tables and overlays, from each crop's ratio label (crops grouped by
+    ratio, best first): its rank, or with ``several`` ratios ``"4:5 #1"`` (``"free #1"``)."""
+    seen: dict[str | None, int] = {}
+    names = []
+    for aspect in aspects:
+        seen[aspect] = seen.get(aspect, 0) + 1
+        names.append(f"{aspect or 'free'} #{seen[aspect]}" if several else str(seen[aspect]))
+    return names
+
+
 #: outline colour of each prior kind; priors are drawn dashed, so they never read as crops
 PRIOR_COLORS = {"keep": "#30d158", "avoid": "#ff453a", "face": "#64d2ff"}
 
