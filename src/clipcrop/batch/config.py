@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .manifest import DEFAULT_TOP_K
 
@@ -23,7 +23,10 @@ class BatchConfig:
         image_query: reference image for every input that has no condition of its own (instead
             of ``query``).
         top_k, aspect_ratio: as :meth:`ClipCrop.crop`, for every input that does not set its own
-            (manifest keys ``top_k`` and ``aspect``).
+            (manifest keys ``top_k`` and ``aspect``); several ratios as ``"1:1,4:5"``.
+        size, upscale, keep, avoid_box, avoid, faces: the other crop options, as
+            :meth:`clipcrop.crop_options.CropOptions.build` takes them (boxes ``"x0,y0,x1,y1[,w]"``
+            in pixels), for every input that does not set its own (manifest keys of the same names).
         crops_out: folder to write each input's crops to (``<path>_crop<k>.jpg``, see
             :mod:`clipcrop.batch.outputs`); None writes results only.
         overwrite: replace pictures that exist in ``crops_out`` (otherwise a new job refuses them
@@ -48,6 +51,12 @@ class BatchConfig:
     max_megapixels: float | None = None
     top_k: int = DEFAULT_TOP_K
     aspect_ratio: str | None = None
+    size: str | None = None
+    upscale: bool = False
+    keep: list[str] = field(default_factory=list)
+    avoid_box: list[str] = field(default_factory=list)
+    avoid: list[str] = field(default_factory=list)
+    faces: bool = False
     image_query: str | None = None
     crops_out: str | None = None
     overwrite: bool = False
@@ -59,6 +68,26 @@ class BatchConfig:
     num_cpus: int | None = None
     progress: bool | None = None
     verbose: int = 0
+
+
+def job_options(config: BatchConfig) -> dict:
+    """The job's crop options beyond top_k and aspect, canonical (see :mod:`.item_options`).
+
+    Raises:
+        ParameterError: a value of the wrong type.
+    """
+    from .item_options import canonical_options
+
+    return canonical_options(
+        {
+            "size": config.size,
+            "upscale": config.upscale,
+            "keep": list(config.keep),
+            "avoid_box": list(config.avoid_box),
+            "avoid": list(config.avoid),
+            "faces": config.faces,
+        }
+    )
 
 
 @dataclass

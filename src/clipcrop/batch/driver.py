@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import ClipCropError, ModelLoadError, ParameterError
 from ..limits import Limits
 from ..validation import validate_query, validate_query_pair
-from .config import BatchConfig, BatchSummary
+from .config import BatchConfig, BatchSummary, job_options
 from .manifest import BatchItem, ItemDefaults, check_options, collect_items
 from .outputs import CropsExistError, existing_targets, plan_stems
 from .ray_pool import run_on_ray
@@ -113,8 +113,9 @@ def _job_items(config: BatchConfig, limits: Limits) -> list[BatchItem]:
     if config.crops_out and Path(config.crops_out).exists() and not Path(config.crops_out).is_dir():
         raise ParameterError(f"crops_out {config.crops_out}: is a file; give the folder to write crops to")
     max_k = _known_max_top_k(config, limits)
-    check_options(config.top_k, config.aspect_ratio, max_k)
-    defaults = ItemDefaults(config.image_query, config.top_k, config.aspect_ratio, max_k)
+    options = job_options(config)
+    check_options(config.top_k, config.aspect_ratio, max_k, options)
+    defaults = ItemDefaults(config.image_query, config.top_k, config.aspect_ratio, max_k, options)
     return collect_items(config.input, config.query, limits, defaults)
 
 

@@ -3,7 +3,8 @@ starts, and the writing in the workers.
 
 Names follow :mod:`clipcrop.io.output_names` (the image's path below the folder given, or below a
 manifest's folder; images elsewhere below the deepest folder holding them), so that
-``DIR/<path>_crop<k>.jpg`` never collide. An image that appears in several inputs (a manifest
+``DIR/<path>_crop<k>.jpg`` (``DIR/<path>_<WxH>-crop<k>.jpg`` for an input with several ratios)
+never collide. An image that appears in several inputs (a manifest
 with two queries for one photo) gets the first 8 hex digits of a hash of its condition and
 options in its names (``DIR/x_3f9a01c2_crop1.jpg``): stable across runs, distinct per input.
 
@@ -20,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
-from ..errors import OutputExistsError
-from ..io.output_names import crop_path, output_stems
+from ..crop_options import parse_aspects
+from ..errors import ClipCropError, OutputExistsError
+from ..io.output_names import crop_paths, output_stems, planned_crop_paths
 from .manifest import MANIFEST_SUFFIXES
 
 
@@ -40,9 +42,13 @@ class CropsExistError(OutputExistsError):
         super().__init__(f"{self.what}; set overwrite=True to replace them, or choose another crops_out")
 
 
-def condition_digest(query: Any, image_query: Any, top_k: Any, aspect: Any) -> str:
-    """8 hex digits naming one input's condition and options among the inputs of one image."""
-    text = json.dumps([query, image_query, top_k, aspect], sort_keys=True, ensure_ascii=True)
+def condition_digest(
+    query: Any, image_query: Any, top_k: Any, aspect: Any, options: dict | None = None
+) -> str:
+    """8 hex digits naming one input's condition and options among the inputs of one image (the
+    other crop options count only when set, so names made before they existed stay)."""
+    parts = [query, image_query, top_k, aspect] + ([options] if options else [])
+    text = json.dumps(parts, sort_keys=True, ensure_ascii=True)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
 
 
@@ -71,7 +77,7 @@ def plan_stems(items: Sequence[Any], source: str) -> dict[tuple, PurePath]:
         stem = by_image[it.image]
         if count[it.image] > 1:
             stem = stem.with_name(
-                f"{stem.name}_{condition_digest(it.query, it.image_query, it.top_k, it.aspect)}"
+                f"{stem.name}_{condition_digest(it.query, it.image_query, it.top_k, it.aspect, it.options)}"
             )
         candidate, n = stem, 1
         while str(candidate).casefold() in taken:  # a name another image has already: never shared
@@ -82,16 +88,24 @@ def plan_stems(items: Sequence[Any], source: str) -> dict[tuple, PurePath]:
     return stems
 
 
+def _labels(aspect: Any) -> list[str | None]:
+    """The ratio labels of an item's ``aspect`` (one None when it cannot be read: its error)."""
+    try:
+        return [label for label, _ in parse_aspects(aspect)]
+    except ClipCropError:
+        return [None]
+
+
 def existing_targets(items: Sequence[Any], stems: dict[tuple, PurePath], out_dir: str) -> list[Path]:
-    """The pictures ``items`` could write (``_crop1`` .. ``_crop<top_k>``) that exist already."""
+    """The pictures ``items`` could write (``_crop1`` .. ``_crop<top_k>``, per ratio with several)
+    that exist already."""
     listings: dict[Path, set[str]] = {}
     found: list[Path] = []
     for it in items:
         stem = stems.get(it.key)
         if stem is None or not isinstance(it.top_k, int):
             continue
-        for k in range(1, it.top_k + 1):
-            path = crop_path(out_dir, stem, k)
+        for path in planned_crop_paths(out_dir, stem, _labels(it.aspect), it.top_k):
             if path.parent not in listings:
                 try:
                     listings[path.parent] = set(os.listdir(path.parent))
@@ -103,23 +117,25 @@ def existing_targets(items: Sequence[Any], stems: dict[tuple, PurePath], out_dir
 
 
 def write_crops(full: Any, result: Any, base: str, flags: dict) -> list[str]:
-    """Write each crop of ``result`` as ``<base>_crop<k>.jpg``, cut from ``full`` (a full-resolution
-    ``LoadedImage``), with its metadata; ``flags``: ``strip_metadata``, ``strip_icc``, ``overwrite``.
-    Returns the paths written."""
-    from ..io.render import cut, metadata_for, save_atomic
+    """Write each crop of ``result`` as ``<base>_crop<k>.jpg`` (``<base>_<WxH>-crop<k>.jpg`` with
+    several ratios), cut from ``full`` (a full-resolution ``LoadedImage``) and resized to its
+    ``output_size`` when a size was asked for, with its metadata; ``flags``: ``strip_metadata``,
+    ``strip_icc``, ``overwrite``. Returns the paths written."""
+    from ..io.render import at_output_size, cut, metadata_for, save_atomic
 
     size = (result.width, result.height)
     written = []
     stem = PurePath(base)
-    for k, crop in enumerate(result, start=1):
-        picture = cut(full.image, crop.box, size)
+    several = len(result.aspects) > 1
+    paths = crop_paths(stem.parent, PurePath(stem.name), [c.aspect for c in result], several)
+    for crop, path in zip(result, paths, strict=True):
+        picture = at_output_size(cut(full.image, crop.box, size), crop.output_size)
         meta = metadata_for(
             full,
             picture.size,
             strip_metadata=flags.get("strip_metadata", False),
             strip_icc=flags.get("strip_icc", False),
         )
-        path = crop_path(stem.parent, PurePath(stem.name), k)
         save_atomic(picture, path, metadata=meta, overwrite=flags.get("overwrite", False))
         written.append(str(path))
     return written

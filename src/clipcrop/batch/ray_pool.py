@@ -32,8 +32,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..crop_options import parse_aspects
 from ..errors import ClipCropError, ParameterError
-from ..io.output_names import crop_path
+from ..io.output_names import crop_paths
 from ..limits import Limits
 from .config import BatchConfig, BatchSummary
 from .manifest import BatchItem, item_key, result_key
@@ -230,9 +231,12 @@ class ResultCollector:
             obj.update(image=fields[0], query=fields[1], top_k=fields[3], aspect=fields[4])
             if fields[2] is not None:
                 obj["image_query"] = fields[2]
+            if len(fields) > 5 and fields[5]:
+                obj["options"] = fields[5]
         if self.stems and not failed:
-            n = len(obj["crops"])
-            obj["crop_files"] = [str(crop_path(self.crops_out, self.stems[k], i)) for i in range(1, n + 1)]
+            several = len(parse_aspects(fields[4])) > 1
+            aspects = [c.get("aspect") for c in obj["crops"]]
+            obj["crop_files"] = [str(p) for p in crop_paths(self.crops_out, self.stems[k], aspects, several)]
         return obj
 
 
@@ -242,7 +246,7 @@ def _rows(todo: list[BatchItem], crops_out: str | None, stems: dict) -> list[dic
     rows = []
     for it in todo:
         row = {
-            "item": json.dumps([it.image, it.query, it.image_query, it.top_k, it.aspect]),
+            "item": json.dumps([it.image, it.query, it.image_query, it.top_k, it.aspect, it.options]),
             "paths": json.dumps(
                 [os.path.abspath(it.image), os.path.abspath(it.image_query) if it.image_query else None]
             ),

@@ -26,6 +26,7 @@ from ..settings import ModelSettings
 from .process_state import environ_defaults, quiet_loggers, torch_threads
 
 if TYPE_CHECKING:  # the predictor imports torch: loaded inside the worker only
+    from ..crop_options import CropOptions
     from ..predictor import ClipCrop, Condition, CropResult
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,22 @@ class WorkItem:
     query: str | None
     image_query: str | None
     top_k: int
-    aspect: str | None
+    aspect: Any
+    options: dict | None = None
+
+    @property
+    def recorded(self) -> dict:
+        """What its result line records of its options (``top_k``, ``aspect``, ``options`` if any)."""
+        out: dict[str, Any] = {"top_k": self.top_k, "aspect": self.aspect}
+        if self.options:
+            out["options"] = self.options
+        return out
+
+    def crop_options(self) -> CropOptions:
+        """Its :class:`~clipcrop.crop_options.CropOptions` (ParameterError for a bad value)."""
+        from .item_options import build_options
+
+        return build_options(self.top_k, self.aspect, self.options)
 
     def error_line(self, exc: Exception) -> dict:
         """This input's result object, failed with ``exc``."""
@@ -76,8 +92,7 @@ class WorkItem:
             self.query,
             error_message(self.image, exc),
             image_query=self.image_query,
-            top_k=self.top_k,
-            aspect=self.aspect,
+            **self.recorded,
         )
 
 
@@ -97,8 +112,9 @@ class DriverGoneError(ClipCropError):
 class CropWorker:
     """Ray Data callable class: loads the model once, crops a batch of items into result lines.
 
-    Rows carry ``item`` (JSON ``[image, query, image_query, top_k, aspect]``; the last two may be
-    left out, then the worker's ``top_k``/``aspect_ratio`` apply), optionally ``paths`` (files to
+    Rows carry ``item`` (JSON ``[image, query, image_query, top_k, aspect, options]``; the last
+    ones may be left out, then the worker's ``top_k``/``aspect_ratio`` and no options apply;
+    ``options`` canonical, see :mod:`clipcrop.batch.item_options`), optionally ``paths`` (files to
     open) and ``crops`` (JSON: the absolute ``DIR/<path>`` to write ``_crop<k>.jpg`` pictures to,
     or null); the output rows carry ``key`` (the same JSON), ``line`` (the result object as JSON)
     and ``failed``. Nothing raised for one input escapes: it becomes that input's error line.
@@ -164,13 +180,14 @@ class CropWorker:
         paths: Sequence[Sequence[str | None]] | None = None,
         crops: Sequence[str | None] | None = None,
     ) -> list[dict]:
-        """Result objects for ``(image, query, image_query[, top_k, aspect])`` items, in order.
+        """Result objects for ``(image, query, image_query[, top_k, aspect[, options]])`` items, in order.
 
         ``paths`` optionally gives the files to open, ``(image, image_query)`` per item (absolute
         paths, for workers whose working folder is not the driver's); results keep the names.
         ``crops`` optionally gives per item where to write its crop pictures (see the class).
         """
-        work = [WorkItem(*(*it, self.top_k, self.aspect_ratio)[:5]) for it in items]
+        defaults = (self.top_k, self.aspect_ratio, None)
+        work = [WorkItem(*it, *defaults[len(it) - 3 :]) for it in items]
         files = [tuple(p) for p in paths] if paths is not None else [(w.image, w.image_query) for w in work]
         results: list[dict | None] = [None] * len(work)
         ready: list[_Loaded] = []
@@ -190,10 +207,10 @@ class CropWorker:
             item = work[r.index]
             try:
                 enc = encoded[n] if encoded is not None else self.cc.encode_batch([r.image])[0]
-                res = self.cc.crop_encoded(enc, r.condition, top_k=item.top_k, aspect_ratio=item.aspect)
+                res = self.cc.crop_encoded(enc, r.condition, options=item.crop_options())
                 if crops is not None and crops[r.index]:
                     self._write(r.image, res, str(files[r.index][0]), str(crops[r.index]))
-                results[r.index] = {**res.to_dict(), "top_k": item.top_k, "aspect": item.aspect}
+                results[r.index] = {**res.to_dict(), **item.recorded}
             except Exception as exc:  # noqa: BLE001
                 results[r.index] = item.error_line(exc)
         self._append_trace(work)
