@@ -43,8 +43,9 @@ is written under ``DIR`` and rebuilt by the script; checkpoints are not shipped 
 Sizes (:class:`Profile`): the full run trains on 2000 scenes (4000 GAIC entries: two captions per
 scene), an OWL-ViT of 160 px / patch 16 (100 tokens), 4 x 96 vision and 2 x 64 text layers, for
 5000 fine-tuning steps of 16 images (half of them zoomed in), then a 3-layer, 96-wide decoder with
-24 queries; it scores 120 held-out scenes. ``--small`` is the CI configuration
-(tests/test_shapes.py): 400 scenes, shorter schedules, 40 test scenes, about 5 minutes.
+24 queries for 2000 steps of 16 (no mosaics); it scores 60 validation and 120 test scenes.
+``--small`` is the CI configuration (tests/test_shapes.py): 400 training, 40 validation and 40
+test scenes, 1500 + 800 steps, a 2-layer, 64-wide decoder, about 6 minutes on two quiet cores.
 ``--set`` overrides a :class:`Profile` field (``--set train_steps=1200``), for validation sweeps;
 ``--backbone DIR`` reuses a fine-tuned backbone of the same seed and profile (skips step 2).
 """
@@ -110,7 +111,12 @@ class Profile:
     train_lr: float
     decoder: dict = field(default_factory=dict)
     text_drop: float = 0.1
-    mosaic: bool = True
+    # chosen on validation (small, seed 0): IoU-Mean 0.485 without mosaics, 0.484 with, and the
+    # decoder trains twice as fast without (single images' features are cached)
+    mosaic: bool = False
+    #: share of training scenes' second caption that names two objects; chosen on validation:
+    #: small 0.534 (0.519 at 0.3, 0.526 at 0.7), full 0.645 (0.638 at 0.3)
+    pair_prob: float = 0.5
 
 
 FULL = Profile(
@@ -145,7 +151,9 @@ SMALL = replace(
     train_scenes=400,
     val_scenes=40,
     test_scenes=40,
-    ft_steps=900,
+    # chosen on validation scenes (seed 0; README): 1500 backbone steps (IoU-Mean 0.519 against
+    # 0.485 at 900; grounding is what the small size lacks most)
+    ft_steps=1500,
     ft_warmup=60,
     train_steps=800,
     train_lr=6e-4,
@@ -408,6 +416,32 @@ def print_table(text: dict, image: dict | None) -> None:
     )
 
 
+def write_test_report(
+    out: Path, text: dict, image: dict, report: dict, timings: dict, minutes: float
+) -> None:
+    """``report.json`` (the stdout line's keys first, then the rest), the table, the JSON line."""
+    line = {
+        "text": text["table"],
+        "image": image["table"],
+        "ambiguity": text["ambiguity"],
+        "ambiguity_training_free": text["ambiguity_training_free"],
+        "by_split": text["by_split"],
+        "minutes": minutes,
+    }
+    extra = {
+        "ambiguity_scenes": text["ambiguity_scenes"],
+        "ambiguity_no_condition": text["ambiguity_no_condition"],
+        "by_kind": {"text": text["by_kind"], "image": image["by_kind"]},
+        "by_split_image": image["by_split"],
+        "seconds": timings,
+    }
+    (out / "report.json").write_text(json.dumps(line | extra | report, indent=1) + "\n")
+    print_table(text, image)
+    hits = {k: v.get("hit_rate") for k, v in report["backbone_top1_val"].items()}
+    print(f"backbone top-1 hit rate (val): {json.dumps(hits)}; {minutes} min")
+    print(json.dumps(line))
+
+
 def _quiet_environment(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -440,7 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     data = out / "data"
     meta = generate.generate(
-        data, seed=args.seed, train=profile.train_scenes, val=profile.val_scenes, test=profile.test_scenes
+        data,
+        seed=args.seed,
+        train=profile.train_scenes,
+        val=profile.val_scenes,
+        test=profile.test_scenes,
+        pair_prob=profile.pair_prob,
     )
     t = stage("generate", t)
     backbone_dir, backbone_top1 = finetune_stage(args, data, out)
@@ -471,32 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text, image = test_stage(cc, data, out, validation["oracle_centred_fill"])
     t = stage("test", t)
-    minutes = round((time.perf_counter() - t_start) / 60, 1)
-    line = {
-        "text": text["table"],
-        "image": image["table"],
-        "ambiguity": text["ambiguity"],
-        "ambiguity_training_free": text["ambiguity_training_free"],
-        "by_split": text["by_split"],
-        "minutes": minutes,
-    }
-    report = (
-        line
-        | {
-            "ambiguity_scenes": text["ambiguity_scenes"],
-            "ambiguity_no_condition": text["ambiguity_no_condition"],
-            "by_kind": {"text": text["by_kind"], "image": image["by_kind"]},
-            "by_split_image": image["by_split"],
-            "seconds": timings,
-        }
-        | report
-    )
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    print_table(text, image)
-    print(
-        f"backbone top-1 hit rate (val): {json.dumps({k: v.get('hit_rate') for k, v in backbone_top1.items()})}; {minutes} min"
-    )
-    print(json.dumps(line))
+    write_test_report(out, text, image, report, timings, round((time.perf_counter() - t_start) / 60, 1))
     return 0
 
 
