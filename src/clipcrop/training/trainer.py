@@ -7,7 +7,9 @@ Pieces, DETR-style:
 * :class:`~clipcrop.training.planning.TrainingData`: which samples make up each step and how each
   one is augmented, a pure function of the seed and the step number.
 * :class:`~clipcrop.training.net.TrainNet`: token selection plus the decoder, the module that trains.
-* :class:`Trainer` (this module): the loop. The backbone (frozen by default) encodes images, the
+* :class:`Trainer` (this module): the loop; what it writes (checkpoints, ``best/``) and the
+  validation at each epoch's end are :class:`~clipcrop.training.outputs.RunOutputs`.
+* Each step: the backbone (frozen by default) encodes images, the
   condition (full text and/or keywords, :data:`clipcrop.modeling.model.VARIANTS`) selects tokens,
   the decoder predicts crops relative to ``b_u``, and :class:`clipcrop.training.criterion.SetCriterion`
   scores them against the target tile's annotated crops (Hungarian matching to MOS >= 4 crops,
@@ -40,9 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -53,29 +53,27 @@ from ..build import build_criterion, build_model
 from ..data.datasets import GaicSample, load_gaic
 from ..errors import DatasetError, ParameterError
 from ..modeling.backbone import Backbone, ImageFeatures
-from ..modeling.model import ClipCropModel, portable_backbone_ref
+from ..modeling.model import ClipCropModel
 from ..modeling.selection import condition_texts
 from . import checkpoints, runloop
-from .config import LOG_FILE, RUN_FILES, STATE_FILE, STATE_FORMAT, TrainConfig, TrainResult
+from .config import LOG_FILE, RUN_FILES, STATE_FILE, TrainConfig, TrainResult
 from .criterion import build_target
 from .net import ConditionSpec, TrainNet, float_outputs
+from .outputs import BEST_DIR, RunOutputs
 from .planning import ItemPlan, StepDataset, TrainingData, TrainItem, collate_items
 from .reporting import make_reporter
 from .schedule import LRSchedule, restore_optimizer
 from .sizing import DRY_RUN_STEPS, DryRunReport, StepMeter, start_accelerator
-from .validation import BEST_FILE, GAIC_METRICS, BestTracker, Validator, load_validation_data
+from .validation import GAIC_METRICS, BestTracker, Validator, load_validation_data
 
 logger = logging.getLogger(__name__)
-
-#: the folder (inside ``out_dir``) of the best checkpoint by the validation metric
-BEST_DIR = "best"
 
 #: OWL-ViT parts that produce image tokens, boxes and class embeddings (what fine-tuning trains);
 #: the text tower stays frozen so cached text embeddings stay valid
 _IMAGE_SIDE_MODULES = ("owlvit.vision_model", "owlv2.vision_model", "layer_norm", "class_head", "box_head")
 
 
-class Trainer:
+class Trainer(RunOutputs):
     """One training run; build and call :meth:`run` (or use :func:`train`).
 
     Args:
@@ -134,12 +132,6 @@ class Trainer:
         if not samples:
             raise DatasetError("no training samples")
         return samples
-
-    def _total_steps(self, steps_per_epoch: int) -> int:
-        cfg = self.config
-        if cfg.max_steps is not None:
-            return int(cfg.max_steps)
-        return int(cfg.epochs or TrainConfig.DEFAULT_EPOCHS) * steps_per_epoch
 
     def _total_steps(self, steps_per_epoch: int) -> int:
         cfg = self.config
@@ -511,120 +503,6 @@ class Trainer:
         if cfg.finetune_backbone_lr is not None:
             record["lr_backbone"] = lrs[1]
         return record
-
-    # ------------------------------------------------------------------ validation
-    def _on_epoch_end(self, step: int) -> None:
-        """Validate (main process), log and report it, and write ``best/`` when it improved.
-        Every RNG is restored afterwards, so validating changes nothing the training draws."""
-        if self._validator is not None and self._best is not None:
-            rng = runloop.rng_state()
-            try:
-                result = self._validator()
-            finally:
-                runloop.set_rng_state(rng)
-            best = self._best
-            improved = best.update(result.metrics, step)
-            self._log.write(
-                {
-                    "event": "validation",
-                    "step": step,
-                    "epoch": (step - 1) // self._data.steps_per_epoch,
-                    "metrics": result.metrics,
-                    "best_metric": best.metric,
-                    "best_value": best.value,
-                    "best_step": best.step,
-                    "improved": improved,
-                    "elapsed_s": result.elapsed_s,
-                }
-            )
-            logger.info(
-                "step %d validation: %s (best %s %.4f at step %s)",
-                step,
-                ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if "num_samples" not in k),
-                best.metric,
-                best.value,
-                best.step,
-            )
-            self._reporter.validation(step, result.metrics, result.previews)
-            if improved:
-                self._write_best(step, result.metrics)
-        self.accelerator.wait_for_everyone()
-
-    def _write_best(self, step: int, metrics: dict[str, float]) -> None:
-        """``out_dir/best/``: the model of ``step`` (a checkpoint ``crop``/``evaluate`` load like
-        any other) and ``best.json``, written beside and swapped in."""
-        best_dir = self.out_dir / BEST_DIR
-        tmp = self.out_dir / f".{BEST_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with checkpoints.disk_full_guard(tmp, best_dir, step):
-            self._write_model(tmp, step, self._backbone_ref(best_dir))
-            checkpoints.write_step(tmp, step)
-            (tmp / BEST_FILE).write_text(json.dumps(self._best.record(metrics), indent=1) + "\n")
-            checkpoints.replace_folder(tmp, best_dir)
-        logger.info("best checkpoint so far (step %d) written to %s", step, best_dir)
-
-    # ------------------------------------------------------------------ saving
-    def _save(self, step: int) -> None:
-        """Write the checkpoint at ``step`` into a temporary folder and swap it in (the older one
-        joins the history, :mod:`clipcrop.training.checkpoints`)."""
-        acc = self.accelerator
-        tmp = checkpoints.checkpoint_tmp_dir(self.out_dir, step, create=acc.is_main_process)
-        acc.wait_for_everyone()
-        rng = runloop.rng_state()
-        if acc.process_index > 0:
-            torch.save(rng, tmp / f"rng_state_{acc.process_index}.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            with checkpoints.disk_full_guard(tmp, self.out_dir, step):
-                self._write_model(tmp, step, self._backbone_ref(self.out_dir))
-                torch.save(self._run_state(step, rng), tmp / STATE_FILE)
-                checkpoints.publish_complete(
-                    tmp, self.out_dir, step, logger, keep=self.config.keep_checkpoints
-                )
-        acc.wait_for_everyone()
-
-    def _backbone_ref(self, folder: Path) -> str:
-        """How a checkpoint written to ``folder`` names the backbone (portable, see the model)."""
-        return portable_backbone_ref(self.config.backbone, folder, inside=self._save_backbone)
-
-    def _write_model(self, folder: Path, step: int, backbone_ref: str) -> None:
-        """The model files of the checkpoint of ``step`` in ``folder``: ``config.json`` (with the
-        run's data and settings, so the model card states them even after ``push_to_hub``),
-        weights, card, and the backbone when the checkpoint holds its own."""
-        from ..modeling.model_card import training_summary
-
-        model = self.accelerator.unwrap_model(self._net).model
-        summary = training_summary(self.config.to_dict(), step, len(self._data.samples))
-        stored = model.extra.get("training") or {}  # the run's own entries win; steps and data are now's
-        model.extra["training"] = {**summary, **stored, **{k: summary[k] for k in ("steps", "data")}}
-        own_ref, model.backbone_name = model.backbone_name, backbone_ref
-        try:
-            model.save_pretrained(folder)
-        finally:
-            model.backbone_name = own_ref
-        if self._save_backbone:
-            self.backbone.model.save_pretrained(folder / "backbone")
-            self.backbone.tokenizer.save_pretrained(folder / "backbone")
-            self.backbone.processor.save_pretrained(folder / "backbone")
-
-    def _run_state(self, step: int, rng: dict) -> dict:
-        """What ``training_state.pt`` holds: everything an exact continuation needs."""
-        acc, data = self.accelerator, self._data
-        return {
-            "format": STATE_FORMAT,
-            "step": step,
-            "epoch": step // data.steps_per_epoch,
-            "steps_per_epoch": data.steps_per_epoch,
-            "num_samples": len(data.samples),
-            "world_size": acc.num_processes,
-            "batch_size": self.config.batch_size,
-            "optimizer": self._optimizer.state_dict(),
-            "scheduler": self._scheduler.state_dict(),
-            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-            "rng": rng,
-            "config": self.config.to_dict(),
-        }
 
 
 def train(
