@@ -861,8 +861,8 @@ def _device_and_dtype(settings: ModelSettings) -> tuple[str, torch.dtype]:
             int8 replaces fp32 Linear layers; it has no half-precision form) or off the CPU.
     """
     device, precision, quantize = settings.device, settings.precision, settings.quantize
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":  # a GPU when there is one; int8 is a CPU path, so auto means the CPU there
+        device = "cuda" if torch.cuda.is_available() and quantize is None else "cpu"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if dtype is None:
         raise ParameterError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")

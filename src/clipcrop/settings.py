@@ -57,7 +57,7 @@ class ModelSettings:
 
     model: str | None = None
     backbone: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     precision: str = "fp32"
     quantize: str | None = None
     limits: Limits = field(default_factory=Limits)
