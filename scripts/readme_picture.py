@@ -5,7 +5,8 @@
 Crops matplotlib's ``grace_hopper.jpg`` for 1:1, 4:5 and 16:9 in one call (``top_k=1`` each)
 with ``faces=True``, and draws the overlay ``clipcrop crop --overlay`` draws (crops solid,
 named by ratio; the face prior dashed, labelled ``face``) on the photo scaled to ``--width``
-pixels, written as a palette PNG (small enough to commit). ``--model`` defaults to ``$CLIPCROP_MODEL``
+pixels, written as a palette PNG (small enough to commit; the photo is reduced to 160 colours
+first, so that the overlay keeps its exact colours). ``--model`` defaults to ``$CLIPCROP_MODEL``
 or OWL-ViT B/32 from the Hub; without network, pass a local folder (the picture in the README
 was made with the calibrated random B/32 of ``clipcrop make-random-backbone --size base32``:
 the face is kept whole by the prior whatever the weights).
@@ -42,12 +43,14 @@ def main() -> int:
     names = crop_names([c.aspect for c in result], several=True)
     height = round(image.height * args.width / image.width)
     canvas = image.resize((args.width, height), Image.Resampling.LANCZOS)  # drawn at the final size
+    # the photo gets a small palette first, so that the overlay's colours stay exact in the PNG
+    canvas = canvas.quantize(colors=160, method=Image.Quantize.MEDIANCUT).convert("RGB")
     small = draw_overlay(
         canvas, [c.box for c in result], (result.width, result.height), names=names, priors=result.priors
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    small.quantize(colors=96, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+    small.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE).save(out, optimize=True)
     for crop, name in zip(result, names, strict=True):
         print(f"{name}: {list(crop.box)}  focus {[round(v) for v in crop.focus]}")
     print(f"priors: {[p.to_dict() for p in result.priors]}")
