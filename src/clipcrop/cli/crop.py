@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..model_source import DEFAULT_BACKBONE
 from ..settings import ENV_MODEL, PRECISIONS, QUANTIZATIONS, ModelSettings
+from .progress import ProgressBar
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -294,7 +295,9 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     # the condition is prepared once per run: count its stages once, not once per image
     stage_totals: dict[str, float] = dict(condition.timings)
-    progress = _Progress(len(items), enabled=not args.quiet and len(items) > 1 and sys.stderr.isatty())
+    progress = ProgressBar(
+        "cropping", len(items), enabled=not args.quiet and len(items) > 1 and sys.stderr.isatty()
+    )
     with progress:
         decode_seconds = [0.0]
         for item, loaded, error in _prefetch(items, cc.limits, args.batch_size, decode_seconds):
@@ -470,36 +473,3 @@ def _print_profile(totals: dict[str, float], n: int, load_s: float, run_s: float
         if k in totals:
             share = totals[k] / total if total else 0.0
             print(f"  {k:<13}{totals[k] / n * 1000:>10.2f}{share:>8.1%}", file=sys.stderr)
-
-
-class _Progress:
-    """A rich progress bar on stderr, or nothing (not a terminal, --quiet, one image)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled and os.environ.get("TERM") != "dumb"
-        self._progress = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-            self._progress = Progress(
-                "cropping",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task("crop", total=self.total)
-        return self
-
-    def advance(self) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)

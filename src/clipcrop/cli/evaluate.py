@@ -14,6 +14,7 @@ import os
 import sys
 
 from .crop import add_model_arguments
+from .progress import ProgressBar
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     samples = load_samples(config)  # data errors before the model loads
     cc = load_predictor(args)
     show = not args.quiet and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-    with _progress(len(samples), show) as advance:
-        result = evaluate(config, cc, samples=samples, progress=advance)
+    with ProgressBar("evaluating", len(samples), show) as bar:
+        result = evaluate(config, cc, samples=samples, progress=bar.advance if bar.enabled else None)
     if args.json:
         print(json.dumps(result.to_json()), flush=True)
     _print_table(result, stderr=args.json)
@@ -94,35 +95,6 @@ def _record_in_checkpoint(args: argparse.Namespace, config, result) -> None:
         print(f"clipcrop: warning: could not record the results in {folder} ({exc})", file=sys.stderr)
         return
     print(f"clipcrop: results recorded in {card} (model card) and config.json", file=sys.stderr)
-
-
-class _progress:
-    """A rich progress bar on stderr (or nothing); the context value advances it."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self._bar = total, enabled, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self._bar = Progress(
-            "evaluating",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task("evaluate", total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
 
 
 def _print_table(result, *, stderr: bool) -> None:
