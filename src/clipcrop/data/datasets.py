@@ -24,11 +24,21 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DatasetError
+from ..io.images import is_image_path
 
 logger = logging.getLogger(__name__)
 
 #: File name suffixes treated as images when listing a GAIC split folder.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images of a dataset folder (by extension, :func:`clipcrop.io.images.is_image_path`;
+    hidden files skipped), sorted by name."""
+    return sorted(
+        (p for p in folder.iterdir() if is_image_path(p) and not p.name.startswith(".")), key=lambda p: p.name
+    )
+
+
 #: GAIC marks crops that could not be rated with this MOS; they are skipped.
 GAIC_INVALID_MOS = -2.0
 #: GAIC split folder -> caption file stem (the caption release calls the validation split "valid").
@@ -224,10 +234,7 @@ def load_gaic(
                 f"root/annotations/{split}/*.txt under {root}"
             )
 
-    image_paths = sorted(
-        (p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-        key=lambda p: p.name,
-    )
+    image_paths = image_files(image_dir)
     if not image_paths:
         raise DatasetError(f"no images in {image_dir}")
     missing_ann = [p.name for p in image_paths if not (ann_dir / f"{p.stem}.txt").is_file()]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DatasetError
-from .datasets import CAPTION_FILES, IMAGE_SUFFIXES, image_size, parse_crop_line
+from .datasets import CAPTION_FILES, image_files, image_size, parse_crop_line
 
 #: images per split in the journal version of GAIC (Zeng et al., TPAMI 2020)
 GAIC_SPLIT_SIZES = {"train": 2636, "val": 200, "test": 500}
@@ -123,9 +123,7 @@ def _check_split(root: Path, split: str, summary: SplitSummary, problems: list[P
         problems.append(Problem("error", folder, f"folder not found (expected under {root})"))
     if missing:
         return None
-    images = sorted(
-        p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    images = image_files(image_dir)
     annotations = {p.stem: p for p in ann_dir.iterdir() if p.suffix == ".txt" and not p.name.startswith(".")}
     summary.images, summary.annotations = len(images), len(annotations)
     if not images:
