@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -118,6 +119,68 @@ def test_manifest_errors_name_the_line(scenes_dir, tmp_path, line, message):
     assert f"{manifest.name}:2" in str(info.value)
     with pytest.raises(DatasetError, match="not found"):
         load_detection_manifest(tmp_path / "nope.jsonl")
+
+
+def test_other_texts_are_read_cleaned_and_checked(scenes_dir):
+    manifest = scenes_dir / "other_texts.jsonl"
+    objects = [
+        {
+            "box": [0, 0, 50, 40],
+            "text": "a red circle",
+            "other_texts": ["a red  shape", "the circle", "circle"],
+        },
+        {"box": [60, 0, 90, 40], "text": "a blue star", "other_texts": ["The blue star", "a star"]},
+        {"box": [0, 50, 30, 90], "text": "a green ring"},
+    ]
+    manifest.write_text(json.dumps({"image": "img/s0.png", "objects": objects}) + "\n")
+    (s,) = load_detection_manifest(manifest)
+    # whitespace collapsed; a repeat of its own class or of another name dropped
+    assert s.other_texts == (("a red shape", "the circle"), ("a star",), ())
+    plain = load_detection_manifest(scenes_dir / "train.jsonl")[0]
+    assert plain.other_texts == tuple(() for _ in plain.texts)
+    for bad in ("a circle", [""], [3]):
+        objects[0]["other_texts"] = bad
+        manifest.write_text(json.dumps({"image": "img/s0.png", "objects": objects}) + "\n")
+        with pytest.raises(DatasetError, match="object 0's 'other_texts' must be a list"):
+            load_detection_manifest(manifest)
+
+
+def test_an_object_is_a_positive_for_its_other_names_never_their_negative(
+    scenes_dir, tiny_backbone_dir, tmp_path
+):
+    """With attribute names ("a red shape", "a circle"), the red circle's row is true in the
+    columns of "red circle", "red shape" and "circle" and false elsewhere; a name some object of
+    the batch carries is never drawn as a negative query."""
+    from clipcrop.training.finetune import Finetuner
+
+    lines = []
+    for line in (scenes_dir / "train.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        for o in entry["objects"]:
+            colour, shape = class_key(o["text"]).split()
+            o["other_texts"] = [f"a {colour} shape", f"a {shape}"]
+        lines.append(json.dumps(entry))
+    manifest = scenes_dir / "attributes.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    config = cfg(scenes_dir, tiny_backbone_dir, tmp_path / "a", data=str(manifest), hflip=False, batch_size=3)
+    ft = Finetuner(replace(config, num_negatives=200))
+    for step in range(3):
+        batch = ft.data.batch(step, 96)
+        keys = [class_key(t) for t in batch.texts]  # "a X" and "the X" may both be queries
+        named = set()
+        for i, target in zip(ft.data.step_plan(step).indices, batch.targets, strict=True):
+            s = ft.samples[i]
+            for label, row in zip(target["labels"], target["classes"], strict=True):
+                k = s.texts.index(batch.texts[int(label)])
+                colour, shape = class_key(s.texts[k]).split()
+                expected = {f"{colour} {shape}", f"{colour} shape", shape}
+                assert {keys[c] for c in torch.nonzero(row).flatten().tolist()} == expected
+                named |= expected
+        # every name of the batch is a query; every other query is a class no object has
+        assert named <= set(keys)
+        negatives = set(keys) - named
+        assert negatives and all(k in ft.data.vocab for k in negatives)
+        assert {"red shape", "circle"} <= set(ft.data.vocab) | named
 
 
 def test_zoom_windows_cut_no_object_and_targets_follow(scenes_dir, tiny_backbone_dir, tmp_path):

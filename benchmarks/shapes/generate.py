@@ -114,16 +114,23 @@ def _query_crop(scene: Scene, index: int, rng: np.random.Generator) -> tuple[int
     )
 
 
-def _detection_entry(scene: Scene, split: str, name: str, rng: np.random.Generator, keep) -> dict:
-    """One finetune-backbone manifest line: the scene's objects that ``keep`` accepts, their texts."""
-    return {
-        "image": f"../scenes/{split}/{name}.jpg",
-        "objects": [
-            {"box": [round(float(v), 2) for v in o.box], "text": o.text(ARTICLES[int(rng.integers(3))])}
-            for o in scene.objects
-            if keep(o)
-        ],
-    }
+def _detection_entry(
+    scene: Scene, split: str, name: str, rng: np.random.Generator, keep, attribute_names: bool
+) -> dict:
+    """One finetune-backbone manifest line: the scene's objects that ``keep`` accepts, their texts
+    and, with ``attribute_names``, their colour and shape apart as ``other_texts`` ("a red
+    shape", "a circle"): names that every object of that colour, or that shape, shares."""
+    objects = []
+    for o in scene.objects:
+        if keep(o):
+            entry = {
+                "box": [round(float(v), 2) for v in o.box],
+                "text": o.text(ARTICLES[int(rng.integers(3))]),
+            }
+            if attribute_names:
+                entry["other_texts"] = [f"a {o.colour} shape", f"a {o.shape}"]
+            objects.append(entry)
+    return {"image": f"../scenes/{split}/{name}.jpg", "objects": objects}
 
 
 def _write_gaic_entry(out: Path, split: str, entry: str, image_path: Path, boxes, mos) -> None:
@@ -141,6 +148,7 @@ def _write_split(
     pair_prob: float,
     n_best: int,
     n_rest: int,
+    attribute_names: bool = False,
 ) -> tuple[list[Scene], dict[str, str]]:
     """Scenes, detection manifests and GAIC entries of one split; returns the scenes (val and
     test only: their queries need them) and the split's captions."""
@@ -157,8 +165,8 @@ def _write_split(
         name = f"s{index:05d}"
         image_path = out / "scenes" / split / f"{name}.jpg"
         scene.image.save(image_path, quality=JPEG_QUALITY)
-        detection.append(_detection_entry(scene, split, name, rng, lambda o: not o.held_out))
-        unseen.append(_detection_entry(scene, split, name, rng, lambda o: o.held_out))
+        detection.append(_detection_entry(scene, split, name, rng, lambda o: not o.held_out, attribute_names))
+        unseen.append(_detection_entry(scene, split, name, rng, lambda o: o.held_out, attribute_names))
         for k, subject in enumerate(_subjects(scene, rng, subjects if split == "train" else 1, pair_prob)):
             boxes, mos = gaic_annotation(scene, subject, rng, n_best=n_best, n_rest=n_rest)
             _write_gaic_entry(out, split, f"{name}_{k}", image_path, boxes, mos)
@@ -183,6 +191,7 @@ def generate(
     pair_prob: float = 0.3,
     n_best: int = 8,
     n_rest: int = 56,
+    attribute_names: bool = False,
 ) -> dict:
     """Write the benchmark data to ``out`` (see the module docstring); returns ``meta.json``'s content."""
     out = Path(out)
@@ -193,7 +202,7 @@ def generate(
     for split in SPLITS:
         indices = range(starts[split], starts[split] + counts[split])
         scenes[split], captions[split] = _write_split(
-            out, split, indices, seed, subjects, pair_prob, n_best, n_rest
+            out, split, indices, seed, subjects, pair_prob, n_best, n_rest, attribute_names
         )
         _write_json(out / "gaic_text" / f"{CAPTION_FILE[split]}.json", captions[split])
     (out / "queries").mkdir(parents=True, exist_ok=True)
@@ -220,6 +229,7 @@ def generate(
         "real_backgrounds": backgrounds_available(),
         "subjects_per_train_scene": subjects,
         "pair_prob": pair_prob,
+        "attribute_names": attribute_names,
     }
     _write_json(out / "meta.json", meta)
     return meta

@@ -117,6 +117,8 @@ class Profile:
     #: share of training scenes' second caption that names two objects; chosen on validation:
     #: small 0.534 (0.519 at 0.3, 0.526 at 0.7), full 0.645 (0.638 at 0.3)
     pair_prob: float = 0.5
+    #: detection labels also name each object's colour and shape apart ("a red shape", "a circle")
+    attribute_names: bool = False
 
 
 FULL = Profile(
@@ -480,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         val=profile.val_scenes,
         test=profile.test_scenes,
         pair_prob=profile.pair_prob,
+        attribute_names=profile.attribute_names,
     )
     t = stage("generate", t)
     backbone_dir, backbone_top1 = finetune_stage(args, data, out)

@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data",
         required=True,
         metavar="MANIFEST",
-        help='JSON lines: {"image": path, "objects": [{"box": [x0, y0, x1, y1], "text": "a red circle"}]} '
-        "(paths relative to the manifest, boxes in pixels)",
+        help='JSON lines: {"image": path, "objects": [{"box": [x0, y0, x1, y1], "text": "a red circle", '
+        '"other_texts": ["a circle"]}]} (paths relative to the manifest, boxes in pixels; other_texts, '
+        "optional: other names the object is a positive for)",
     )
     p.add_argument(
         "--backbone",

@@ -8,6 +8,13 @@ paths relative to the manifest's folder, boxes in pixels of the upright image (x
 the same box checks as the crop manifests of :mod:`clipcrop.data.datasets`). Texts name the same
 class when they are equal after lower-casing and dropping a leading article (:func:`class_key`:
 "a red circle" = "the red circle" = "red circle").
+
+An object may also list ``"other_texts"``: broader names or synonyms that name it too
+(``{"box": ..., "text": "a red circle", "other_texts": ["a red shape", "a circle"]}``). Fine-tuning
+then treats the object as a positive for those queries as well, never as their negative. Why:
+labels that name attributes apart ("red", "circle") teach a backbone trained on few classes that a
+colour and a shape are separate parts of a name, which is what lets it find a colour-shape pair
+it never saw together.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ class DetectionSample:
         boxes_xyxy_px: (K, 4) float64 object boxes, ``x0, y0, x1, y1`` upright pixels; K >= 0.
         texts: K object texts, row-aligned with the boxes.
         width, height: upright image size in pixels.
+        other_texts: K tuples, row-aligned: each object's other names (``"other_texts"``; empty
+            when the manifest gives none).
     """
 
     image_path: Path
@@ -42,6 +51,11 @@ class DetectionSample:
     texts: tuple[str, ...]
     width: int
     height: int
+    other_texts: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.other_texts:
+            object.__setattr__(self, "other_texts", tuple(() for _ in self.texts))
 
     @property
     def boxes_xyxy_norm(self) -> np.ndarray:
@@ -102,16 +116,38 @@ def load_detection_manifest(path: str | os.PathLike) -> list[DetectionSample]:
             if not isinstance(text, str) or not text.strip():
                 raise DatasetError(f"{where}: object {j} needs a non-empty 'text'")
             texts.append(" ".join(text.split()))
+        others = tuple(_other_texts(obj, j, where) for j, obj in enumerate(objects))
         # the same box checks as the crop manifests ("box j" is object j)
         boxes = _entry_boxes([o.get("box") for o in objects], where, width, height) if objects else []
         samples.append(
             DetectionSample(
-                image_path, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), tuple(texts), width, height
+                image_path,
+                np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+                tuple(texts),
+                width,
+                height,
+                others,
             )
         )
     if not samples:
         raise DatasetError(f"{path}: no images")
     return samples
+
+
+def _other_texts(obj: dict, j: int, where: str) -> tuple[str, ...]:
+    """Object ``j``'s ``"other_texts"`` (absent: none), whitespace collapsed, its own text's class
+    and repeats dropped. Raises DatasetError unless it is a list of non-empty strings."""
+    other = obj.get("other_texts", [])
+    if not isinstance(other, list) or not all(isinstance(t, str) and t.strip() for t in other):
+        raise DatasetError(f"{where}: object {j}'s 'other_texts' must be a list of non-empty texts")
+    seen = {class_key(obj["text"])}
+    kept = []
+    for t in other:
+        t = " ".join(t.split())
+        if class_key(t) not in seen:
+            seen.add(class_key(t))
+            kept.append(t)
+    return tuple(kept)
 
 
 __all__ = ["DetectionSample", "class_key", "load_detection_manifest"]

@@ -2,9 +2,10 @@
 
 * **Augmentation** (seeded): horizontal flips, and optionally (``zoom``) windows of the image
   that cut no object, so objects are also seen close up.
-* **Queries per step**: the texts of the batch's objects plus up to ``num_negatives`` texts of
-  classes absent from the batch (drawn from the manifest's other texts); texts of one class
-  (:func:`clipcrop.data.detection.class_key`) are never each other's negatives.
+* **Queries per step**: the texts of the batch's objects and their other names
+  (``"other_texts"``), plus up to ``num_negatives`` texts of classes absent from the batch (drawn
+  from the manifest's other texts); texts of one class (:func:`clipcrop.data.detection.class_key`)
+  are never each other's negatives, and an object is a positive for each of its names.
 
 Every per-step decision (epoch order, flips, zoom windows, negative queries) comes from a
 generator seeded by ``(seed, epoch, step)``, so a run stopped and resumed equals a run straight
@@ -61,7 +62,8 @@ class DetectionBatch:
         images: the (augmented) RGB images.
         texts: the step's queries: every object text of the batch, then the negatives.
         targets: per image, ``"boxes"`` (K, 4) normalised cxcywh, ``"labels"`` (K,) int64 column of
-            each object's own text and ``"classes"`` (K, C) bool, every column naming its class.
+            each object's own text and ``"classes"`` (K, C) bool, every column naming it (its
+            class or one of its other names).
     """
 
     images: list[Image.Image]
@@ -85,7 +87,7 @@ class DetectionBatches:
         # every class of the data, with the texts that name it (negatives are drawn from these)
         vocab: dict[str, list[str]] = {}
         for s in self.samples:
-            for t in s.texts:
+            for t in [*s.texts, *(o for names in s.other_texts for o in names)]:
                 forms = vocab.setdefault(class_key(t), [])
                 if t not in forms:
                     forms.append(t)
@@ -143,11 +145,11 @@ class DetectionBatches:
 
     def _augmented(
         self, index: int, flip: bool, window: np.ndarray | None, side: int
-    ) -> tuple[Image.Image, np.ndarray, list[str]]:
-        """One image with its kept objects' boxes (normalised xyxy) and texts."""
+    ) -> tuple[Image.Image, np.ndarray, list[str], list[tuple[str, ...]]]:
+        """One image with its kept objects' boxes (normalised xyxy), texts and other names."""
         s = self.samples[index]
         boxes = s.boxes_xyxy_norm
-        obj_texts = list(s.texts)
+        obj_texts, others = list(s.texts), list(s.other_texts)
         if window is None:
             img = self._image(index, side)
         else:  # zoomed in: cut the window from the full-resolution image, keep the objects inside
@@ -158,10 +160,11 @@ class DetectionBatches:
             size = window[2:] - window[:2]
             boxes = np.clip((boxes[keep] - np.tile(window[:2], 2)) / np.tile(size, 2), 0.0, 1.0)
             obj_texts = [t for t, k in zip(obj_texts, keep, strict=True) if k]
+            others = [o for o, k in zip(others, keep, strict=True) if k]
         if flip:
             img = ImageOps.mirror(img)
             boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], axis=1)
-        return img, boxes, obj_texts
+        return img, boxes, obj_texts, others
 
     def batch(self, step: int, side: int) -> DetectionBatch:
         """Images, query texts and targets of one step; cached images are reduced to ``side``
@@ -170,10 +173,12 @@ class DetectionBatches:
         images, per_image = [], []
         texts: list[str] = []
         for i, flip, window in zip(plan.indices, plan.flips, plan.windows, strict=True):
-            img, boxes, obj_texts = self._augmented(i, flip, window, side)
+            img, boxes, obj_texts, others = self._augmented(i, flip, window, side)
             images.append(img)
-            per_image.append((boxes, obj_texts))
-            texts += [t for t in obj_texts if t not in texts]
+            per_image.append((boxes, obj_texts, others))
+            for t in [*obj_texts, *(o for names in others for o in names)]:
+                if t not in texts:
+                    texts.append(t)
         rng = plan.rng
         present = {class_key(t) for t in texts}
         absent = [k for k in self.vocab if k not in present]
@@ -183,9 +188,10 @@ class DetectionBatches:
             texts.append(forms[int(rng.integers(len(forms)))])
         keys = [class_key(t) for t in texts]
         targets = []
-        for boxes, obj_texts in per_image:
+        for boxes, obj_texts, others in per_image:
             labels = [texts.index(t) for t in obj_texts]
-            classes = [[k == class_key(t) for k in keys] for t in obj_texts]
+            names = [{class_key(t), *map(class_key, o)} for t, o in zip(obj_texts, others, strict=True)]
+            classes = [[k in n for k in keys] for n in names]
             targets.append(
                 {
                     "boxes": box_xyxy_to_cxcywh(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)),
