@@ -12,9 +12,8 @@ class when they are equal after lower-casing and dropping a leading article (:fu
 An object may also list ``"other_texts"``: broader names or synonyms that name it too
 (``{"box": ..., "text": "a red circle", "other_texts": ["a red shape", "a circle"]}``). Fine-tuning
 then treats the object as a positive for those queries as well, never as their negative. Why:
-labels that name attributes apart ("red", "circle") teach a backbone trained on few classes that a
-colour and a shape are separate parts of a name, which is what lets it find a colour-shape pair
-it never saw together.
+without them, a query for a broader name ("a circle") that a batch draws as a negative would
+push the object's token away from a text that does describe it.
 """
 
 from __future__ import annotations
