@@ -37,13 +37,13 @@ BENCH = REPO / "benchmarks" / "shapes"
 
 # CI margins of the --small run (test_small_benchmark_shows_conditioning_works), set from three
 # measured seeds (0, 1, 2; settings chosen on validation scenes; README's shapes section). Text
-# IoU-Mean gaps of ClipCrop over training-free mode 0.041 / 0.022 / 0.037, over its no-condition
-# ablation 0.285 / 0.244 / 0.278, over the whole image 0.174 / 0.146 / 0.166, over OWL-ViT's top-1
-# box 0.321 / 0.299 / 0.274; unseen queries 0.026 / 0.042 / 0.075 below seen ones; ambiguity
-# 0.769 / 0.540 / 0.718; image queries 0.215 / 0.186 / 0.219 above the whole image. Each margin is
+# IoU-Mean gaps of ClipCrop over training-free mode 0.070 / 0.027 / 0.018, over its no-condition
+# ablation 0.382 / 0.311 / 0.196, over the whole image 0.226 / 0.143 / 0.175, over OWL-ViT's top-1
+# box 0.377 / 0.290 / 0.281; unseen queries 0.039 / 0.021 / 0.073 below seen ones; ambiguity
+# 0.744 / 0.649 / 0.692; image queries 0.168 / 0.167 / 0.286 above the whole image. Each margin is
 # about half the smallest gap seen (the unseen drop: 1.5 times the largest), so the test checks the
 # orderings, not one lucky seed. The issue asks for 0.03 over training-free mode; the small size
-# reaches 0.022-0.041, so 0.01 is asserted (the full run leads by 0.102).
+# reaches 0.018-0.070, so 0.01 is asserted (the full run leads by 0.135).
 METHODS = {
     "clipcrop",
     "clipcrop_no_condition",
@@ -56,12 +56,12 @@ METHODS = {
     "oracle_query_blind",
 }
 MARGIN_OVER_TRAINING_FREE = 0.01
-MARGIN_OVER_NO_CONDITION = 0.12
+MARGIN_OVER_NO_CONDITION = 0.10
 MARGIN_OVER_WHOLE_IMAGE = 0.07
 MARGIN_OVER_OWLVIT_TOP1 = 0.13
 MAX_UNSEEN_DROP = 0.12
 MIN_AMBIGUITY = 0.40
-MIN_IMAGE_QUERY_GAIN = 0.09
+MIN_IMAGE_QUERY_GAIN = 0.08
 
 
 def _bench_module(name: str):
@@ -534,8 +534,9 @@ def test_demo_renders_two_queries_per_scene(tiny_clipcrop_dir, tmp_path, capsys)
 
 
 def test_small_benchmark_shows_conditioning_works(tmp_path):
-    """The whole pipeline in its CI size: generate, finetune-backbone from scratch, train with
-    mosaics, validate, then evaluate once on held-out test scenes (see the margins above)."""
+    """The whole pipeline in its CI size: generate, finetune-backbone from scratch, train (the
+    epoch best on validation kept), validate, then evaluate once on held-out test scenes (see the
+    margins above)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [sys.executable, str(BENCH / "run.py"), "--small", "--out", str(tmp_path / "bench")],
@@ -567,6 +568,9 @@ def test_small_benchmark_shows_conditioning_works(tmp_path):
     # settings were compared on validation scenes: the report holds their numbers too
     assert set(report["validation"]["table"]) == set(METHODS)
     assert report["validation"]["oracle_centred_fill"] in _bench_module("scoring").CENTRED_FILLS
+    # the scored decoder is the epoch that did best on validation scenes, never chosen on test ones
+    assert report["decoder_checkpoint"]["folder"] == "clipcrop-shapes/best"
+    assert 0 < report["decoder_checkpoint"]["step"] <= report["settings"]["train_steps"]
     top1 = report["backbone_top1_val"]
     assert top1["trained"]["hit_rate"] > top1["untrained"]["hit_rate"]
     for folder in ("owlvit-shapes", "clipcrop-shapes"):
