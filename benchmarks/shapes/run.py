@@ -47,7 +47,7 @@ scene), an OWL-ViT of 160 px / patch 16 (100 tokens), 4 x 96 vision and 2 x 64 t
 24 queries for 2000 steps of 16 (no mosaics), the epoch of best validation text IoU-Mean kept
 (``keep_best``); it scores 60 validation and 120 test scenes, in about 30 minutes on two cores.
 ``--small`` is the CI configuration (tests/test_shapes.py): 400 training, 40 validation and 40
-test scenes, 2500 + 800 steps, a 2-layer, 64-wide decoder, about 8 minutes on two cores.
+test scenes, 2500 + 800 steps, a 2-layer, 64-wide decoder, about 10 minutes on two cores.
 ``--set`` overrides a :class:`Profile` field (``--set train_steps=1200``), for validation sweeps;
 ``--backbone DIR`` reuses a fine-tuned backbone of the same seed and profile (skips step 2).
 """
