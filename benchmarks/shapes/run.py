@@ -390,10 +390,11 @@ def summary(tops: dict, entries: list) -> dict:
     }
 
 
-def _checkpoint_step(folder: Path) -> dict:
+def _scored_checkpoint(folder: Path) -> dict:
     """The scored decoder's folder (relative to the run) and training step."""
-    state = json.loads((folder / "checkpoint.json").read_text())
-    return {"folder": f"{folder.parent.name}/{folder.name}", "step": state.get("step")}
+    from clipcrop.training.checkpoints import checkpoint_step
+
+    return {"folder": f"{folder.parent.name}/{folder.name}", "step": checkpoint_step(folder)}
 
 
 def validate_stage(cc, data: Path, out: Path) -> dict:
@@ -522,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": asdict(profile),
         "data": meta,
         "threads": __import__("torch").get_num_threads(),
-        "decoder_checkpoint": _checkpoint_step(scored_dir),
+        "decoder_checkpoint": _scored_checkpoint(scored_dir),
     }
     if args.validation_only:
         report |= {"minutes": round((time.perf_counter() - t_start) / 60, 1), "seconds": timings}

@@ -71,6 +71,11 @@ class DetectionBatch:
     targets: list[dict[str, torch.Tensor]]
 
 
+def _every_name(texts: Sequence[str], other_texts: Sequence[Sequence[str]]) -> list[str]:
+    """The objects' own texts, then each object's other names, in order (repeats kept)."""
+    return [*texts, *(name for names in other_texts for name in names)]
+
+
 class DetectionBatches:
     """The batch of every step of a fine-tuning run, a pure function of the seed and the step.
 
@@ -87,7 +92,7 @@ class DetectionBatches:
         # every class of the data, with the texts that name it (negatives are drawn from these)
         vocab: dict[str, list[str]] = {}
         for s in self.samples:
-            for t in [*s.texts, *(o for names in s.other_texts for o in names)]:
+            for t in _every_name(s.texts, s.other_texts):
                 forms = vocab.setdefault(class_key(t), [])
                 if t not in forms:
                     forms.append(t)
@@ -176,7 +181,7 @@ class DetectionBatches:
             img, boxes, obj_texts, others = self._augmented(i, flip, window, side)
             images.append(img)
             per_image.append((boxes, obj_texts, others))
-            for t in [*obj_texts, *(o for names in others for o in names)]:
+            for t in _every_name(obj_texts, others):
                 if t not in texts:
                     texts.append(t)
         rng = plan.rng
