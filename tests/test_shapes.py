@@ -353,6 +353,28 @@ def test_generated_data_is_readable_by_every_loader(tmp_path):
     ).read_text()
 
 
+def test_generating_again_replaces_an_earlier_data_set_and_refuses_a_foreign_folder(tmp_path):
+    """A second run into the same folder (hard-linked GAIC images included) gives exactly a fresh
+    run's files, none left from an earlier one with more entries; a folder the generator did not
+    write is refused untouched."""
+    gen = _generate_module()
+    gen.generate(tmp_path / "data", seed=1, train=6, val=2, test=2, subjects=3)
+    gen.generate(tmp_path / "data", seed=1, train=4, val=2, test=2, subjects=1)
+    gen.generate(tmp_path / "fresh", seed=1, train=4, val=2, test=2, subjects=1)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+    assert files(tmp_path / "data") == files(tmp_path / "fresh")
+    assert len(list((tmp_path / "data" / "gaic" / "annotations" / "train").iterdir())) == 4
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "keep.jpg").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="no earlier shapes data set"):
+        gen.generate(foreign, seed=1, train=2, val=1, test=1)
+    assert [f.name for f in foreign.iterdir()] == ["keep.jpg"]
+
+
 def test_held_out_pairs_and_phrasings_never_reach_training(tmp_path):
     """No held-out pair in any training caption or detection label, no held-out phrasing either;
     test queries hold both, and say so."""

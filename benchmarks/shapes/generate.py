@@ -17,6 +17,7 @@ Scenes come from :mod:`clipcrop.synthetic.shapes` (re-exported here), scene ``i`
     image_queries.json                          test scenes: a crop of another test scene as query
     queries/qNNNNN.jpg                          the query images
     meta.json                                   settings and counts
+    .shapes-data                                marks the folder as this generator's (see generate())
 
 Held out: training scenes never hold a :data:`~clipcrop.synthetic.shapes.HELD_OUT_PAIRS` pair, so
 no training caption or detection label names one; val and test scenes draw from all pairs, and
@@ -78,6 +79,19 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+#: the file that marks a folder as this generator's output, written before anything else
+MARKER = ".shapes-data"
+
+
+def _clear_earlier(out: Path) -> None:
+    """Remove an earlier data set at ``out``; refuse a folder this generator did not write."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out / MARKER).is_file():
+        raise FileExistsError(f"{out} is not empty and holds no earlier shapes data set ({MARKER})")
+    shutil.rmtree(out)
 
 
 def _write_json(path: Path, data) -> None:
@@ -193,8 +207,16 @@ def generate(
     n_rest: int = 56,
     attribute_names: bool = False,
 ) -> dict:
-    """Write the benchmark data to ``out`` (see the module docstring); returns ``meta.json``'s content."""
+    """Write the benchmark data to ``out`` (see the module docstring); returns ``meta.json``'s content.
+
+    ``out`` must be missing, empty, or an earlier data set of this generator (finished or not:
+    it holds :data:`MARKER`), which is replaced whole: entries of an earlier run with other
+    settings must not mix into this one's splits. Anything else raises :class:`FileExistsError`.
+    """
     out = Path(out)
+    _clear_earlier(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by benchmarks/shapes/generate.py; replaced whole on the next run\n")
     counts = {"train": train, "val": val, "test": test}
     starts = {"train": 0, "val": train, "test": train + val}
     scenes: dict[str, list[Scene]] = {}

@@ -119,6 +119,9 @@ class Profile:
     #: share of training scenes' second caption that names two objects; chosen on validation:
     #: small 0.534 (0.519 at 0.3, 0.526 at 0.7), full 0.645 (0.638 at 0.3)
     pair_prob: float = 0.5
+    #: GAIC entries (subject + caption + crops) per training scene: more captions of the same
+    #: pictures give the decoder more frames per kind without more backbone work
+    subjects: int = 2
     #: detection labels also name each object's colour and shape apart ("a red shape", "a circle")
     attribute_names: bool = False
     #: keep the decoder of the epoch with the best text IoU-Mean on the validation scenes' queries
@@ -501,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         val=profile.val_scenes,
         test=profile.test_scenes,
         pair_prob=profile.pair_prob,
+        subjects=profile.subjects,
         attribute_names=profile.attribute_names,
     )
     t = stage("generate", t)
