@@ -36,14 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks" / "shapes"
 
 # CI margins of the --small run (test_small_benchmark_shows_conditioning_works), set from three
-# measured seeds (0, 1, 2; settings chosen on validation scenes; README's shapes section). Text
-# IoU-Mean gaps of ClipCrop over training-free mode 0.070 / 0.027 / 0.018, over its no-condition
-# ablation 0.382 / 0.311 / 0.196, over the whole image 0.226 / 0.143 / 0.175, over OWL-ViT's top-1
-# box 0.377 / 0.290 / 0.281; unseen queries 0.039 / 0.021 / 0.073 below seen ones; ambiguity
-# 0.744 / 0.649 / 0.692; image queries 0.168 / 0.167 / 0.286 above the whole image. Each margin is
-# about half the smallest gap seen (the unseen drop: 1.5 times the largest), so the test checks the
-# orderings, not one lucky seed. The issue asks for 0.03 over training-free mode; the small size
-# reaches 0.018-0.070, so 0.01 is asserted (the full run leads by 0.135).
+# measured seeds (0, 1, 2; settings chosen on validation scenes; README's shapes section; 120 test
+# scenes, about 355 text queries each). Text IoU-Mean gaps of ClipCrop over training-free mode
+# 0.065 / 0.042 / 0.063, over its no-condition ablation 0.338 / 0.356 / 0.329, over the whole
+# image 0.242 / 0.224 / 0.270, over OWL-ViT's top-1 box 0.386 / 0.362 / 0.380; unseen queries
+# 0.053 / 0.027 / 0.043 below seen ones; ambiguity 0.831 / 0.759 / 0.826; image queries
+# 0.221 / 0.156 / 0.254 above the whole image. Each margin is about half the smallest gap seen
+# (the unseen drop: 1.5 times the largest; ambiguity: 0.16 under the lowest), so the test checks
+# the orderings, not one lucky seed; over training-free mode it is the issue's 0.03, under every
+# seed's lead (the smallest, 0.042, is 0.012 above it).
 METHODS = {
     "clipcrop",
     "clipcrop_no_condition",
@@ -55,12 +56,12 @@ METHODS = {
     "oracle_training_free",
     "oracle_query_blind",
 }
-MARGIN_OVER_TRAINING_FREE = 0.01
-MARGIN_OVER_NO_CONDITION = 0.10
-MARGIN_OVER_WHOLE_IMAGE = 0.07
-MARGIN_OVER_OWLVIT_TOP1 = 0.13
-MAX_UNSEEN_DROP = 0.12
-MIN_AMBIGUITY = 0.40
+MARGIN_OVER_TRAINING_FREE = 0.03
+MARGIN_OVER_NO_CONDITION = 0.16
+MARGIN_OVER_WHOLE_IMAGE = 0.11
+MARGIN_OVER_OWLVIT_TOP1 = 0.18
+MAX_UNSEEN_DROP = 0.08
+MIN_AMBIGUITY = 0.60
 MIN_IMAGE_QUERY_GAIN = 0.08
 
 
@@ -582,7 +583,7 @@ def test_small_benchmark_shows_conditioning_works(tmp_path):
     assert (
         split["unseen"]["clipcrop"]["iou_mean"] > split["seen"]["clipcrop"]["iou_mean"] - MAX_UNSEEN_DROP
     ), split
-    assert split["seen"]["clipcrop"]["n"] >= 20 and split["unseen"]["clipcrop"]["n"] >= 20
+    assert split["seen"]["clipcrop"]["n"] >= 100 and split["unseen"]["clipcrop"]["n"] >= 100
     assert table["ambiguity"] >= MIN_AMBIGUITY, table
     assert image["clipcrop"]["iou_mean"] > image["whole_image"]["iou_mean"] + MIN_IMAGE_QUERY_GAIN, table
     report = json.loads((tmp_path / "bench" / "report.json").read_text())
