@@ -48,7 +48,7 @@ scene), an OWL-ViT of 160 px / patch 16 (100 tokens), 4 x 96 vision and 2 x 64 t
 (``keep_best``); it scores 60 validation and 120 test scenes, in about 30 minutes on two cores.
 ``--small`` is the CI configuration (tests/test_shapes.py): 400 training, 40 validation and 120
 test scenes, 2500 fine-tuning steps at 2e-3 + 800 decoder steps, a 2-layer, 64-wide decoder,
-about 10 minutes on two cores.
+about 12 minutes on two cores.
 ``--set`` overrides a :class:`Profile` field (``--set train_steps=1200``), for validation sweeps;
 ``--backbone DIR`` reuses a fine-tuned backbone of the same seed and profile (skips step 2).
 """
